@@ -1,0 +1,24 @@
+pub mod convert;
+pub mod datasets;
+pub mod info;
+pub mod phantoms;
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+/// Outputs never replace an input, and replace an existing file only when asked.
+pub fn check_output(input: &Path, output: &Path, overwrite: bool) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize())
+        && a == b
+    {
+        bail!("{}: refusing to write over the input", output.display());
+    }
+    if output.exists() && !overwrite {
+        bail!(
+            "{}: exists; give --overwrite to replace it",
+            output.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! `mtseg`: the command-line face of the mtseg library. Each subcommand is a thin layer over
+//! one library stage; errors are printed as one line naming the file and the problem.
+
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mtseg",
+    version,
+    about = "One network, many segmentation tasks, many modalities (Moeskops et al., MICCAI 2016)",
+    long_about = "mtseg trains one convolutional network on several segmentation tasks at once \
+(brain MRI tissues, breast MRI pectoral muscle, cardiac CTA coronary arteries, or any nnU-Net \
+datasets) and segments new scans with it, recognising by itself which task a scan belongs to.\n\n\
+Start with `mtseg demo`."
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors; no progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Info(commands::info::Args),
+    Convert(commands::convert::Args),
+    Phantoms(commands::phantoms::Args),
+    #[command(subcommand)]
+    Datasets(commands::datasets::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    progress::set_quiet(cli.quiet);
+    let result = match cli.command {
+        Command::Info(args) => commands::info::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+        Command::Phantoms(args) => commands::phantoms::run(args),
+        Command::Datasets(command) => commands::datasets::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, outermost first.
+            let mut message = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message.push_str(": ");
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MTSEG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("mtseg={level},{level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,232 @@
+//! Stage 1, io: medical volumes in and out.
+//!
+//! Reads NIfTI-1/2 (`.nii`, `.nii.gz`), NRRD (`.nrrd`, `.nhdr`) and MetaImage (`.mha`,
+//! `.mhd`) into one [`Volume`] type with a RAS+ voxel-to-world affine; writes NIfTI. Every
+//! write is atomic (see [`atomic`]).
+
+pub mod atomic;
+pub mod metaimage;
+pub mod nifti;
+pub mod nrrd;
+pub mod orientation;
+mod text_header;
+pub mod volume;
+pub mod voxels;
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+pub use orientation::Reorientation;
+pub use volume::{Affine, DataType, Format, Grid, Image, LabelMap, Provenance, Volume};
+pub use voxels::{RawVoxels, Scaling};
+
+use crate::error::{Error, Result};
+use nifti::Intent;
+
+/// A volume as its file stores it: raw voxels (any type), scaling, grid and provenance.
+#[derive(Clone, Debug)]
+pub struct RawVolume {
+    pub voxels: RawVoxels,
+    pub grid: Grid,
+    pub provenance: Provenance,
+    pub scaling: Option<Scaling>,
+}
+
+/// The file formats mtseg reads, recognised by file name.
+pub fn format_of(path: &Path) -> Option<Format> {
+    let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        Some(Format::Nifti1)
+    } else if name.ends_with(".nrrd") || name.ends_with(".nhdr") {
+        Some(Format::Nrrd)
+    } else if name.ends_with(".mha") || name.ends_with(".mhd") {
+        Some(Format::MetaImage)
+    } else {
+        None
+    }
+}
+
+/// Whether `path` names a volume file mtseg can read (by its ending).
+pub fn is_volume_file(path: &Path) -> bool {
+    format_of(path).is_some()
+}
+
+pub(crate) fn is_gz(path: &Path) -> bool {
+    path.to_string_lossy().to_ascii_lowercase().ends_with(".gz")
+}
+
+/// Opens a file for reading with errors that say what is wrong (missing, a folder, no
+/// permission), naming the file.
+pub(crate) fn open_file(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::invalid(path, "is a folder, expected a file"));
+    }
+    File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// Opens a file for reading, gunzipping it when its name ends in `.gz`.
+pub(crate) fn open_input(path: &Path) -> Result<Box<dyn Read>> {
+    let reader = BufReader::new(open_file(path)?);
+    Ok(if is_gz(path) {
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    })
+}
+
+/// Reads any supported file as stored.
+pub fn read_raw(path: &Path) -> Result<RawVolume> {
+    match format_of(path) {
+        Some(Format::Nrrd) => nrrd::read(path),
+        Some(Format::MetaImage) => metaimage::read(path),
+        Some(_) => nifti::read(path),
+        None => Err(Error::invalid(
+            path,
+            "unknown file type: mtseg reads .nii, .nii.gz, .nrrd, .nhdr, .mha and .mhd",
+        )),
+    }
+}
+
+/// Reads an image as f32 intensities (scaling applied). NaN and infinite voxels are set to 0
+/// with a warning that counts them.
+pub fn read_image(path: &Path) -> Result<Image> {
+    let raw = read_raw(path)?;
+    let mut data = raw.voxels.to_f32(raw.scaling);
+    let bad = voxels::replace_non_finite(&mut data);
+    if bad > 0 {
+        tracing::warn!(
+            "{}: {bad} voxels are NaN or infinite; they are read as 0",
+            path.display()
+        );
+    }
+    Ok(Volume {
+        data,
+        grid: raw.grid,
+        provenance: raw.provenance,
+    })
+}
+
+/// Reads a label map: every voxel must be a whole number from 0 to 65535.
+pub fn read_labels(path: &Path) -> Result<LabelMap> {
+    let raw = read_raw(path)?;
+    let data = raw.voxels.to_labels(path, raw.scaling)?;
+    Ok(Volume {
+        data,
+        grid: raw.grid,
+        provenance: raw.provenance,
+    })
+}
+
+fn check_output_name(path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            path,
+            "mtseg writes NIfTI: give the output a .nii or .nii.gz name",
+        ))
+    }
+}
+
+/// Writes an image as float32 NIfTI, keeping the header geometry it was read with.
+pub fn write_image(path: &Path, image: &Image) -> Result<()> {
+    write_image_as(path, image, DataType::F32)
+}
+
+/// Writes an image as NIfTI of `datatype` (float32, or int16/uint8 with values rounded and
+/// clamped to the type's range), keeping the header geometry it was read with.
+pub fn write_image_as(path: &Path, image: &Image, datatype: DataType) -> Result<()> {
+    check_output_name(path)?;
+    let (grid, prov) = (&image.grid, &image.provenance);
+    let data = &image.data;
+    match datatype {
+        DataType::F32 => {
+            let bits: Vec<u32> = data.iter().map(|v| v.to_bits()).collect();
+            nifti::write(path, grid, prov, datatype, Intent::Image, &bits)
+        }
+        DataType::I16 => {
+            let v: Vec<u16> = data
+                .iter()
+                .map(|v| v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16 as u16)
+                .collect();
+            nifti::write(path, grid, prov, datatype, Intent::Image, &v)
+        }
+        DataType::U8 => {
+            let v: Vec<u8> = data.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
+            nifti::write(path, grid, prov, datatype, Intent::Image, &v)
+        }
+        other => Err(Error::usage(format!(
+            "writing images as {} is not supported (float32, int16 or uint8)",
+            other.name()
+        ))),
+    }
+}
+
+/// Writes a label map as uint8 NIfTI (uint16 when a label exceeds 255), with the label intent.
+pub fn write_labels(path: &Path, labels: &LabelMap) -> Result<()> {
+    check_output_name(path)?;
+    let (grid, prov) = (&labels.grid, &labels.provenance);
+    if labels.data.iter().all(|&v| v <= u8::MAX as u16) {
+        let bytes: Vec<u8> = labels.data.iter().map(|&v| v as u8).collect();
+        nifti::write(path, grid, prov, DataType::U8, Intent::Labels, &bytes)
+    } else {
+        nifti::write(path, grid, prov, DataType::U16, Intent::Labels, &labels.data)
+    }
+}
+
+/// Writes a volume keeping its voxel type (scaled integer data is written as float32).
+pub fn write_raw(path: &Path, volume: &RawVolume) -> Result<()> {
+    check_output_name(path)?;
+    let (grid, prov) = (&volume.grid, &volume.provenance);
+    let voxels = &volume.voxels;
+    if volume.scaling.is_some() {
+        return write_image(
+            path,
+            &Volume {
+                data: voxels.to_f32(volume.scaling),
+                grid: grid.clone(),
+                provenance: prov.clone(),
+            },
+        );
+    }
+    let t = voxels.datatype;
+    let big = voxels.big_endian;
+    let b = &voxels.bytes;
+    match t.size() {
+        1 => nifti::write(path, grid, prov, t, Intent::Image, b),
+        2 => {
+            let v: Vec<u16> = native(b, big, u16::from_le_bytes, u16::from_be_bytes);
+            nifti::write(path, grid, prov, t, Intent::Image, &v)
+        }
+        4 => {
+            let v: Vec<u32> = native(b, big, u32::from_le_bytes, u32::from_be_bytes);
+            nifti::write(path, grid, prov, t, Intent::Image, &v)
+        }
+        _ => {
+            let v: Vec<u64> = native(b, big, u64::from_le_bytes, u64::from_be_bytes);
+            nifti::write(path, grid, prov, t, Intent::Image, &v)
+        }
+    }
+}
+
+/// Bit patterns of `N`-byte voxels in native order.
+fn native<T, const N: usize>(
+    bytes: &[u8],
+    big_endian: bool,
+    le: fn([u8; N]) -> T,
+    be: fn([u8; N]) -> T,
+) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| {
+            let a: [u8; N] = c.try_into().expect("chunks_exact gives N bytes");
+            if big_endian { be(a) } else { le(a) }
+        })
+        .collect()
+}

@@ -1,0 +1,15 @@
+//! mtseg: one network, many segmentation tasks, many modalities.
+//!
+//! A Rust implementation of Moeskops et al., MICCAI 2016, "Deep learning for multi-task
+//! medical image segmentation in multiple modalities". The modules follow the pipeline:
+//! [`io`] reads and writes volumes, [`datasets`] reads nnU-Net raw folders as tasks,
+//! [`phantoms`] makes synthetic tasks, [`preprocess`] resamples and normalises.
+
+pub mod error;
+pub mod datasets;
+pub mod io;
+pub mod phantoms;
+pub mod preprocess;
+pub mod report;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Stage 8, report: pictures and tables for people: slice overlays, montages, plots.
+
+pub mod overlay;
