@@ -36,6 +36,7 @@ enum Command {
     Phantoms(commands::phantoms::Args),
     #[command(subcommand)]
     Datasets(commands::datasets::Command),
+    Train(commands::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::Phantoms(args) => commands::phantoms::run(args),
         Command::Datasets(command) => commands::datasets::run(command),
+        Command::Train(args) => commands::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,9 +17,11 @@ pub fn bar(len: u64, message: &str) -> ProgressBar {
     }
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} (ETA {eta})")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} (ETA {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(message.to_string());
     bar

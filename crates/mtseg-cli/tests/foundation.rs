@@ -24,14 +24,29 @@ fn assert_clean_error(o: &Output, file: &str, what: &str) {
     let err = stderr(o);
     assert!(!o.status.success(), "expected failure, got success: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {err}"));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
     assert!(line.contains(file), "error does not name {file}: {line}");
     assert!(line.contains(what), "error does not say '{what}': {line}");
 }
 
 fn make_phantoms(dir: &Path) {
     let out = dir.to_str().unwrap();
-    let o = mtseg(&["-q", "phantoms", "--out", out, "--cases", "2", "--size", "24", "--seed", "5", "--preview"]);
+    let o = mtseg(&[
+        "-q",
+        "phantoms",
+        "--out",
+        out,
+        "--cases",
+        "2",
+        "--size",
+        "24",
+        "--seed",
+        "5",
+        "--preview",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -43,17 +58,24 @@ fn phantoms_then_check_then_info_then_convert() {
     assert!(brain.join("preview.png").is_file());
     assert!(dir.path().join("splits.json").is_file());
 
-    let folders: Vec<String> = ["Dataset901_PhantomBrainMRI", "Dataset902_PhantomBreastMRI", "Dataset903_PhantomCardiacCTA"]
-        .iter()
-        .map(|f| dir.path().join(f).to_string_lossy().into_owned())
-        .collect();
+    let folders: Vec<String> = [
+        "Dataset901_PhantomBrainMRI",
+        "Dataset902_PhantomBreastMRI",
+        "Dataset903_PhantomCardiacCTA",
+    ]
+    .iter()
+    .map(|f| dir.path().join(f).to_string_lossy().into_owned())
+    .collect();
     let mut args = vec!["datasets", "check"];
     args.extend(folders.iter().map(String::as_str));
     let o = mtseg(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("joint label space (9 outputs)"), "{text}");
-    assert!(text.contains("PhantomCardiacCTA/coronary_arteries"), "{text}");
+    assert!(
+        text.contains("PhantomCardiacCTA/coronary_arteries"),
+        "{text}"
+    );
 
     let image = brain.join("imagesTr/brain_000_0000.nii.gz");
     let o = mtseg(&["info", "--json", image.to_str().unwrap()]);
@@ -65,7 +87,12 @@ fn phantoms_then_check_then_info_then_convert() {
     assert!((spacing - 200.0 / 24.0).abs() < 1e-4);
 
     let converted = dir.path().join("converted.nii");
-    let o = mtseg(&["-q", "convert", image.to_str().unwrap(), converted.to_str().unwrap()]);
+    let o = mtseg(&[
+        "-q",
+        "convert",
+        image.to_str().unwrap(),
+        converted.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o2 = mtseg(&["info", "--json", converted.to_str().unwrap()]);
     let info2: serde_json::Value = serde_json::from_str(stdout(&o2).trim()).unwrap();
@@ -74,8 +101,16 @@ fn phantoms_then_check_then_info_then_convert() {
 
     // Never over the input, never over an existing output without --overwrite.
     let o = mtseg(&["convert", image.to_str().unwrap(), image.to_str().unwrap()]);
-    assert_clean_error(&o, "brain_000_0000.nii.gz", "refusing to write over the input");
-    let o = mtseg(&["convert", image.to_str().unwrap(), converted.to_str().unwrap()]);
+    assert_clean_error(
+        &o,
+        "brain_000_0000.nii.gz",
+        "refusing to write over the input",
+    );
+    let o = mtseg(&[
+        "convert",
+        image.to_str().unwrap(),
+        converted.to_str().unwrap(),
+    ]);
     assert_clean_error(&o, "converted.nii", "--overwrite");
 }
 
@@ -89,23 +124,49 @@ fn bad_input_gets_one_clear_line() {
     assert_clean_error(&o, "missing.nii.gz", "No such file");
 
     std::fs::write(p("scan.png"), b"x").unwrap();
-    assert_clean_error(&mtseg(&["info", &s("scan.png")]), "scan.png", "unknown file type");
+    assert_clean_error(
+        &mtseg(&["info", &s("scan.png")]),
+        "scan.png",
+        "unknown file type",
+    );
 
     std::fs::write(p("magic.nii"), vec![0u8; 400]).unwrap();
-    assert_clean_error(&mtseg(&["info", &s("magic.nii")]), "magic.nii", "not a NIfTI");
+    assert_clean_error(
+        &mtseg(&["info", &s("magic.nii")]),
+        "magic.nii",
+        "not a NIfTI",
+    );
 
     // A valid file cut in half, gzip stream and all.
     make_phantoms(dir.path());
-    let good = dir.path().join("Dataset903_PhantomCardiacCTA/imagesTr/cardiac_000_0000.nii.gz");
+    let good = dir
+        .path()
+        .join("Dataset903_PhantomCardiacCTA/imagesTr/cardiac_000_0000.nii.gz");
     let bytes = std::fs::read(&good).unwrap();
     std::fs::write(p("cut.nii.gz"), &bytes[..bytes.len() / 2]).unwrap();
-    assert_clean_error(&mtseg(&["info", &s("cut.nii.gz")]), "cut.nii.gz", "truncated");
+    assert_clean_error(
+        &mtseg(&["info", &s("cut.nii.gz")]),
+        "cut.nii.gz",
+        "truncated",
+    );
 
     std::fs::create_dir(p("folder.nii")).unwrap();
-    assert_clean_error(&mtseg(&["info", &s("folder.nii")]), "folder.nii", "is a folder");
+    assert_clean_error(
+        &mtseg(&["info", &s("folder.nii")]),
+        "folder.nii",
+        "is a folder",
+    );
 
     // dataset.json without labels.
     let dataset = dir.path().join("Dataset903_PhantomCardiacCTA");
-    std::fs::write(dataset.join("dataset.json"), r#"{"channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "numTraining": 2}"#).unwrap();
-    assert_clean_error(&mtseg(&["datasets", "check", dataset.to_str().unwrap()]), "dataset.json", "missing field `labels`");
+    std::fs::write(
+        dataset.join("dataset.json"),
+        r#"{"channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "numTraining": 2}"#,
+    )
+    .unwrap();
+    assert_clean_error(
+        &mtseg(&["datasets", "check", dataset.to_str().unwrap()]),
+        "dataset.json",
+        "missing field `labels`",
+    );
 }

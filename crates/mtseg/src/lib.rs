@@ -5,11 +5,17 @@
 //! [`io`] reads and writes volumes, [`datasets`] reads nnU-Net raw folders as tasks,
 //! [`phantoms`] makes synthetic tasks, [`preprocess`] resamples and normalises.
 
-pub mod error;
+pub mod data;
 pub mod datasets;
+pub mod engine;
+pub mod error;
+pub mod eval;
+pub mod infer;
 pub mod io;
+pub mod model;
 pub mod phantoms;
 pub mod preprocess;
 pub mod report;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -32,7 +32,10 @@ fn dataset_folders(root: &Path) -> Vec<PathBuf> {
 fn every_dataset_checks_and_every_file_round_trips() {
     let Some(root) = shared_data() else { return };
     let folders = dataset_folders(&root);
-    assert!(folders.len() >= 6, "expected the six datasets of ../shared/data");
+    assert!(
+        folders.len() >= 6,
+        "expected the six datasets of ../shared/data"
+    );
     let out = tempfile::tempdir().unwrap();
     for folder in &folders {
         let task = Task::open(folder).unwrap();
@@ -54,7 +57,10 @@ fn every_dataset_checks_and_every_file_round_trips() {
                 assert_eq!(back.grid.shape, raw.grid.shape, "{}", path.display());
                 let diff = (back.grid.affine - raw.grid.affine).abs().max();
                 assert!(diff < 1e-5, "{}: affine changed by {diff}", path.display());
-                assert_eq!(back.voxels.to_f32(back.scaling), raw.voxels.to_f32(raw.scaling));
+                assert_eq!(
+                    back.voxels.to_f32(back.scaling),
+                    raw.voxels.to_f32(raw.scaling)
+                );
             }
         }
     }

@@ -61,7 +61,9 @@ pub fn run(command: Command) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"tasks": report, "label_space": classes}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"tasks": report, "label_space": classes})
+            )?
         );
     } else {
         println!("joint label space ({} outputs):", classes.len());

@@ -54,7 +54,8 @@ fn describe(path: PathBuf, raw: RawVolume) -> Info {
     let labels = label_values(&values);
     Info {
         compressed: path.to_string_lossy().to_ascii_lowercase().ends_with(".gz")
-            || raw.provenance.format != io::Format::Nifti1 && raw.provenance.format != io::Format::Nifti2,
+            || raw.provenance.format != io::Format::Nifti1
+                && raw.provenance.format != io::Format::Nifti2,
         path,
         format: raw.provenance.format,
         datatype: raw.voxels.datatype.name(),

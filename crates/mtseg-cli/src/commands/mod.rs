@@ -2,6 +2,7 @@ pub mod convert;
 pub mod datasets;
 pub mod info;
 pub mod phantoms;
+pub mod train;
 
 use std::path::Path;
 

@@ -140,9 +140,21 @@ mod tests {
                 },
             ],
             classes: vec![
-                ClassInfo { task: 0, name: "gm".into(), dataset_id: 1 },
-                ClassInfo { task: 0, name: "wm".into(), dataset_id: 2 },
-                ClassInfo { task: 1, name: "coronary".into(), dataset_id: 5 },
+                ClassInfo {
+                    task: 0,
+                    name: "gm".into(),
+                    dataset_id: 1,
+                },
+                ClassInfo {
+                    task: 0,
+                    name: "wm".into(),
+                    dataset_id: 2,
+                },
+                ClassInfo {
+                    task: 1,
+                    name: "coronary".into(),
+                    dataset_id: 5,
+                },
             ],
         }
     }
@@ -159,6 +171,9 @@ mod tests {
         assert_eq!(s.task_classes(0), vec![1, 2]);
         assert_eq!(s.task_of(3), Some(1));
         assert_eq!(s.dataset_id(3), 5);
-        assert_eq!(s.joint_table(1), vec![Some(0), None, None, None, None, Some(3)]);
+        assert_eq!(
+            s.joint_table(1),
+            vec![Some(0), None, None, None, None, Some(3)]
+        );
     }
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use label_space::{ClassInfo, LabelSpace};
-pub use splits::{Split, Splits};
+pub use label_space::{ClassInfo, LabelSpace, TaskInfo};
+pub use splits::{Split, Splits, hold_out_validation};
 
 use crate::error::{Error, Result};
 use crate::io::{self, Grid};
@@ -96,8 +96,9 @@ impl Task {
         }
         let json_path = folder.join("dataset.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| Error::io(&json_path, e))?;
-        let json: DatasetJson = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid(&json_path, format!("not a valid nnU-Net dataset.json: {e}")))?;
+        let json: DatasetJson = serde_json::from_str(&text).map_err(|e| {
+            Error::invalid(&json_path, format!("not a valid nnU-Net dataset.json: {e}"))
+        })?;
         Self::from_json(folder, json)
     }
 
@@ -128,7 +129,10 @@ impl Task {
         if !json.file_ending.starts_with('.') {
             return Err(Error::invalid(
                 &json_path,
-                format!("file_ending '{}' must start with a dot, e.g. \".nii.gz\"", json.file_ending),
+                format!(
+                    "file_ending '{}' must start with a dot, e.g. \".nii.gz\"",
+                    json.file_ending
+                ),
             ));
         }
         let ending = json.file_ending.clone();
@@ -189,9 +193,7 @@ impl Task {
         {
             return Err(Error::invalid(
                 label_path,
-                format!(
-                    "label value {bad} is not in dataset.json's labels (allowed: {allowed:?})"
-                ),
+                format!("label value {bad} is not in dataset.json's labels (allowed: {allowed:?})"),
             ));
         }
         Ok((image, Some(labels)))
@@ -257,7 +259,11 @@ pub fn task_name_from_folder(folder: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     match name.strip_prefix("Dataset") {
-        Some(rest) if rest.len() > 4 && rest[..3].bytes().all(|b| b.is_ascii_digit()) && &rest[3..4] == "_" => {
+        Some(rest)
+            if rest.len() > 4
+                && rest[..3].bytes().all(|b| b.is_ascii_digit())
+                && &rest[3..4] == "_" =>
+        {
             rest[4..].to_string()
         }
         _ => name,
@@ -273,7 +279,9 @@ fn parse_labels(path: &Path, labels: &BTreeMap<String, LabelId>) -> Result<Vec<(
             LabelId::Region(_) => {
                 return Err(Error::invalid(
                     path,
-                    format!("label '{name}' is a region (a list of ids): region-based labels are not supported"),
+                    format!(
+                        "label '{name}' is a region (a list of ids): region-based labels are not supported"
+                    ),
                 ));
             }
         };
@@ -293,7 +301,10 @@ fn parse_labels(path: &Path, labels: &BTreeMap<String, LabelId>) -> Result<Vec<(
         return Err(Error::invalid(path, "labels must map \"background\" to 0"));
     }
     if classes.is_empty() {
-        return Err(Error::invalid(path, "labels lists no class besides background"));
+        return Err(Error::invalid(
+            path,
+            "labels lists no class besides background",
+        ));
     }
     classes.sort_by_key(|(_, id)| *id);
     if let Some(w) = classes.windows(2).find(|w| w[0].1 == w[1].1) {
@@ -306,11 +317,19 @@ fn parse_labels(path: &Path, labels: &BTreeMap<String, LabelId>) -> Result<Vec<(
 }
 
 /// Lists `<folder>/<images>/<case>_0000<ending>` with the label `<labels>/<case><ending>`.
-fn list_cases(folder: &Path, images: &str, labels: Option<&str>, ending: &str) -> Result<Vec<Case>> {
+fn list_cases(
+    folder: &Path,
+    images: &str,
+    labels: Option<&str>,
+    ending: &str,
+) -> Result<Vec<Case>> {
     let image_dir = folder.join(images);
     if !image_dir.exists() {
         if images == "imagesTr" {
-            return Err(Error::invalid(&image_dir, "missing: a dataset needs imagesTr/"));
+            return Err(Error::invalid(
+                &image_dir,
+                "missing: a dataset needs imagesTr/",
+            ));
         }
         return Ok(Vec::new());
     }

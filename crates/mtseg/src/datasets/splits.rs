@@ -72,7 +72,10 @@ impl Splits {
             if !task.training.iter().any(|c| &c.id == id) {
                 return Err(Error::invalid(
                     source,
-                    format!("case '{id}' of {folder_name} is not a labelled case of {}", task.folder.display()),
+                    format!(
+                        "case '{id}' of {folder_name} is not a labelled case of {}",
+                        task.folder.display()
+                    ),
                 ));
             }
         }

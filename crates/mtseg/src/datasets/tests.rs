@@ -27,8 +27,14 @@ fn make_dataset(root: &Path, folder: &str, n: usize, label_value: u16) -> PathBu
 
 #[test]
 fn task_names_come_from_the_folder_without_prefix() {
-    assert_eq!(task_name_from_folder(Path::new("/d/Dataset001_BrainTissueIXI")), "BrainTissueIXI");
-    assert_eq!(task_name_from_folder(Path::new("Dataset12_X")), "Dataset12_X");
+    assert_eq!(
+        task_name_from_folder(Path::new("/d/Dataset001_BrainTissueIXI")),
+        "BrainTissueIXI"
+    );
+    assert_eq!(
+        task_name_from_folder(Path::new("Dataset12_X")),
+        "Dataset12_X"
+    );
     assert_eq!(task_name_from_folder(Path::new("my_data")), "my_data");
 }
 
@@ -39,7 +45,10 @@ fn a_dataset_opens_and_checks() {
     let task = Task::open(&dir).unwrap();
     assert_eq!(task.name, "Organs");
     assert_eq!(task.modality, Modality::CT);
-    assert_eq!(task.classes, vec![("organ".into(), 1), ("vessel".into(), 3)]);
+    assert_eq!(
+        task.classes,
+        vec![("organ".into(), 1), ("vessel".into(), 3)]
+    );
     assert_eq!(task.training.len(), 3);
     assert_eq!(task.json.other["licence"], "kept as is");
     let summary = task.check().unwrap();
@@ -51,7 +60,10 @@ fn unlisted_label_values_are_refused_with_the_file_name() {
     let root = tempfile::tempdir().unwrap();
     let dir = make_dataset(root.path(), "Dataset008_Bad", 2, 2);
     let err = Task::open(&dir).unwrap().check().unwrap_err().to_string();
-    assert!(err.contains("case0.nii.gz") && err.contains("label value 2"), "{err}");
+    assert!(
+        err.contains("case0.nii.gz") && err.contains("label value 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -60,11 +72,21 @@ fn missing_label_file_and_fields_are_named() {
     let dir = make_dataset(root.path(), "Dataset009_Gap", 2, 1);
     std::fs::remove_file(dir.join("labelsTr/case1.nii.gz")).unwrap();
     let err = Task::open(&dir).unwrap_err().to_string();
-    assert!(err.contains("case1.nii.gz") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("case1.nii.gz") && err.contains("missing"),
+        "{err}"
+    );
 
-    std::fs::write(dir.join("dataset.json"), r#"{"channel_names": {"0": "MR"}}"#).unwrap();
+    std::fs::write(
+        dir.join("dataset.json"),
+        r#"{"channel_names": {"0": "MR"}}"#,
+    )
+    .unwrap();
     let err = Task::open(&dir).unwrap_err().to_string();
-    assert!(err.contains("dataset.json") && err.contains("labels"), "{err}");
+    assert!(
+        err.contains("dataset.json") && err.contains("labels"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -111,6 +133,9 @@ fn splits_come_from_the_file_or_a_fixed_rule() {
         r#"{"Dataset011_S": {"train": ["case0"], "test": ["case0"]}}"#,
     )
     .unwrap();
-    let err = Splits::find_for(&task).unwrap().split_for(&task).unwrap_err();
+    let err = Splits::find_for(&task)
+        .unwrap()
+        .split_for(&task)
+        .unwrap_err();
     assert!(err.to_string().contains("both"), "{err}");
 }

@@ -32,7 +32,10 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         let (key, value) = line.split_once('=').ok_or_else(|| {
             Error::invalid(
                 path,
-                format!("not a MetaImage header: line '{}' has no '='", truncate(&line)),
+                format!(
+                    "not a MetaImage header: line '{}' has no '='",
+                    truncate(&line)
+                ),
             )
         })?;
         let key = key.trim().to_string();
@@ -64,7 +67,12 @@ pub fn read(path: &Path) -> Result<RawVolume> {
             "multi-channel MetaImage where a scalar volume is expected",
         ));
     }
-    let dims = exactly(path, "DimSize", numbers::<i64>(path, "DimSize", required("DimSize")?)?, ndims)?;
+    let dims = exactly(
+        path,
+        "DimSize",
+        numbers::<i64>(path, "DimSize", required("DimSize")?)?,
+        ndims,
+    )?;
     if let Some(bad) = dims.iter().find(|&&d| d <= 0) {
         return Err(Error::invalid(
             path,
@@ -72,7 +80,11 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         ));
     }
     let datatype = data_type(path, required("ElementType")?)?;
-    let (_, nbytes) = checked_size(path, &dims.iter().map(|&d| d as u64).collect::<Vec<_>>(), datatype)?;
+    let (_, nbytes) = checked_size(
+        path,
+        &dims.iter().map(|&d| d as u64).collect::<Vec<_>>(),
+        datatype,
+    )?;
     let shape: [usize; 3] = std::array::from_fn(|i| dims.get(i).map_or(1, |&d| d as usize));
 
     let affine = geometry(path, &fields, ndims)?;
@@ -102,8 +114,12 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         } else {
             SeekFrom::Start(header_size.max(0) as u64)
         };
-        file.seek(seek)
-            .map_err(|_| Error::invalid(&data_path, format!("truncated: expected {nbytes} bytes of voxel data")))?;
+        file.seek(seek).map_err(|_| {
+            Error::invalid(
+                &data_path,
+                format!("truncated: expected {nbytes} bytes of voxel data"),
+            )
+        })?;
         Box::new(BufReader::new(file))
     };
     let bytes = if compressed {
@@ -159,7 +175,12 @@ fn data_type(path: &Path, name: &str) -> Result<DataType> {
 fn geometry(path: &Path, fields: &HashMap<String, String>, ndims: usize) -> Result<Affine> {
     let get = |names: &[&str]| names.iter().find_map(|n| fields.get(*n));
     let spacing = match get(&["ElementSpacing", "ElementSize"]) {
-        Some(text) => exactly(path, "ElementSpacing", numbers::<f64>(path, "ElementSpacing", text)?, ndims)?,
+        Some(text) => exactly(
+            path,
+            "ElementSpacing",
+            numbers::<f64>(path, "ElementSpacing", text)?,
+            ndims,
+        )?,
         None => vec![1.0; ndims],
     };
     let offset = match get(&["Offset", "Origin", "Position"]) {
@@ -212,7 +233,11 @@ mod tests {
         assert_eq!(v.grid.affine[(1, 1)], -0.5);
         assert_eq!(v.grid.affine[(2, 2)], 2.0);
         assert_eq!(
-            [v.grid.affine[(0, 3)], v.grid.affine[(1, 3)], v.grid.affine[(2, 3)]],
+            [
+                v.grid.affine[(0, 3)],
+                v.grid.affine[(1, 3)],
+                v.grid.affine[(2, 3)]
+            ],
             [-1.0, -2.0, 3.0]
         );
     }
@@ -232,11 +257,17 @@ mod tests {
     #[test]
     fn missing_raw_file_and_bad_type_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let header = b"NDims = 3\nDimSize = 2 2 1\nElementType = MET_UCHAR\nElementDataFile = gone.raw\n";
-        let err = read(&write(dir.path(), "c.mhd", header)).unwrap_err().to_string();
+        let header =
+            b"NDims = 3\nDimSize = 2 2 1\nElementType = MET_UCHAR\nElementDataFile = gone.raw\n";
+        let err = read(&write(dir.path(), "c.mhd", header))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gone.raw"), "{err}");
-        let header = b"NDims = 3\nDimSize = 2 2 1\nElementType = MET_STRING\nElementDataFile = LOCAL\n";
-        let err = read(&write(dir.path(), "d.mha", header)).unwrap_err().to_string();
+        let header =
+            b"NDims = 3\nDimSize = 2 2 1\nElementType = MET_STRING\nElementDataFile = LOCAL\n";
+        let err = read(&write(dir.path(), "d.mha", header))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("MET_STRING"), "{err}");
     }
 }

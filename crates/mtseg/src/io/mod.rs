@@ -158,7 +158,10 @@ pub fn write_image_as(path: &Path, image: &Image, datatype: DataType) -> Result<
             nifti::write(path, grid, prov, datatype, Intent::Image, &v)
         }
         DataType::U8 => {
-            let v: Vec<u8> = data.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
+            let v: Vec<u8> = data
+                .iter()
+                .map(|v| v.round().clamp(0.0, 255.0) as u8)
+                .collect();
             nifti::write(path, grid, prov, datatype, Intent::Image, &v)
         }
         other => Err(Error::usage(format!(
@@ -176,7 +179,14 @@ pub fn write_labels(path: &Path, labels: &LabelMap) -> Result<()> {
         let bytes: Vec<u8> = labels.data.iter().map(|&v| v as u8).collect();
         nifti::write(path, grid, prov, DataType::U8, Intent::Labels, &bytes)
     } else {
-        nifti::write(path, grid, prov, DataType::U16, Intent::Labels, &labels.data)
+        nifti::write(
+            path,
+            grid,
+            prov,
+            DataType::U16,
+            Intent::Labels,
+            &labels.data,
+        )
     }
 }
 

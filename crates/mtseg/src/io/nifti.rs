@@ -273,7 +273,10 @@ fn nifti_code(datatype: DataType) -> NiftiType {
 fn scaling(path: &Path, f: &HeaderFields) -> Result<Option<Scaling>> {
     if f.scl_slope == 0.0 || !f.scl_slope.is_finite() {
         if f.scl_slope.is_nan() {
-            tracing::warn!("{}: scl_slope is NaN; reading voxels unscaled", path.display());
+            tracing::warn!(
+                "{}: scl_slope is NaN; reading voxels unscaled",
+                path.display()
+            );
         }
         return Ok(None);
     }
@@ -375,11 +378,8 @@ fn qform_affine(path: &Path, f: &HeaderFields) -> Result<Affine> {
     );
     // qfac (pixdim[0]) of 0 or anything but -1 means 1, as nibabel fixes it on load.
     let qfac = if f.pixdim[0] == -1.0 { -1.0 } else { 1.0 };
-    let scale = Matrix3::from_diagonal(&nalgebra::Vector3::new(
-        zooms[0],
-        zooms[1],
-        zooms[2] * qfac,
-    ));
+    let scale =
+        Matrix3::from_diagonal(&nalgebra::Vector3::new(zooms[0], zooms[1], zooms[2] * qfac));
     let m = r * scale;
     let mut affine = Affine::identity();
     affine.fixed_view_mut::<3, 3>(0, 0).copy_from(&m);
@@ -479,7 +479,9 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn raw<const N: usize>(&self, at: usize) -> [u8; N] {
-        self.bytes[at..at + N].try_into().expect("offset within header")
+        self.bytes[at..at + N]
+            .try_into()
+            .expect("offset within header")
     }
     fn i16(&self, at: usize) -> i16 {
         let b = self.raw::<2>(at);
@@ -567,7 +569,9 @@ fn encode_nifti2(f: &HeaderFields) -> Vec<u8> {
     out.extend_from_slice(&f.datatype.to_le_bytes());
     let bitpix = data_type(Path::new(""), f.datatype).map_or(0, |t| t.size() as i16 * 8);
     out.extend_from_slice(&bitpix.to_le_bytes());
-    f.dim.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+    f.dim
+        .iter()
+        .for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
     f.intent_p
         .iter()
         .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));

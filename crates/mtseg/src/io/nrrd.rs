@@ -70,8 +70,13 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         ));
     }
     let spatial = spatial_axes(path, field("kinds"), &sizes)?;
-    let shape: [usize; 3] = std::array::from_fn(|i| spatial.get(i).map_or(1, |&a| sizes[a] as usize));
-    let (_, nbytes) = checked_size(path, &sizes.iter().map(|&s| s as u64).collect::<Vec<_>>(), datatype)?;
+    let shape: [usize; 3] =
+        std::array::from_fn(|i| spatial.get(i).map_or(1, |&a| sizes[a] as usize));
+    let (_, nbytes) = checked_size(
+        path,
+        &sizes.iter().map(|&s| s as u64).collect::<Vec<_>>(),
+        datatype,
+    )?;
 
     let affine = geometry(path, &fields, &spatial, dimension)?;
     super::nifti::check_affine(path, &affine)?;
@@ -88,8 +93,12 @@ pub fn read(path: &Path) -> Result<RawVolume> {
     let source: Box<dyn BufRead> = match data_file {
         None => Box::new(reader),
         Some(name) => {
-            if field("line skip").or(field("lineskip")).is_some_and(|v| v != "0")
-                || field("byte skip").or(field("byteskip")).is_some_and(|v| v != "0")
+            if field("line skip")
+                .or(field("lineskip"))
+                .is_some_and(|v| v != "0")
+                || field("byte skip")
+                    .or(field("byteskip"))
+                    .is_some_and(|v| v != "0")
             {
                 return Err(Error::invalid(
                     path,
@@ -115,7 +124,10 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         voxels: RawVoxels {
             bytes,
             datatype,
-            big_endian: big_endian && encoding != "ascii" && encoding != "text" && encoding != "txt",
+            big_endian: big_endian
+                && encoding != "ascii"
+                && encoding != "text"
+                && encoding != "txt",
         },
         grid: Grid::new(shape, affine),
         provenance: Provenance {
@@ -136,15 +148,19 @@ fn data_type(path: &Path, name: &str) -> Result<DataType> {
         "short" | "short int" | "signed short" | "signed short int" | "int16" | "int16_t" => {
             DataType::I16
         }
-        "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => {
-            DataType::U16
-        }
+        "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => DataType::U16,
         "int" | "signed int" | "int32" | "int32_t" => DataType::I32,
         "uint" | "unsigned int" | "uint32" | "uint32_t" => DataType::U32,
-        "longlong" | "long long" | "long long int" | "signed long long"
-        | "signed long long int" | "int64" | "int64_t" => DataType::I64,
-        "ulonglong" | "unsigned long long" | "unsigned long long int" | "uint64"
-        | "uint64_t" => DataType::U64,
+        "longlong"
+        | "long long"
+        | "long long int"
+        | "signed long long"
+        | "signed long long int"
+        | "int64"
+        | "int64_t" => DataType::I64,
+        "ulonglong" | "unsigned long long" | "unsigned long long int" | "uint64" | "uint64_t" => {
+            DataType::U64
+        }
         "float" => DataType::F32,
         "double" => DataType::F64,
         other => {
@@ -252,7 +268,12 @@ fn geometry(
 }
 
 /// ASCII-encoded voxels, re-encoded as little-endian bytes of `datatype`.
-fn read_ascii(path: &Path, mut source: impl Read, datatype: DataType, count: usize) -> Result<Vec<u8>> {
+fn read_ascii(
+    path: &Path,
+    mut source: impl Read,
+    datatype: DataType,
+    count: usize,
+) -> Result<Vec<u8>> {
     let mut text = String::new();
     source
         .read_to_string(&mut text)
@@ -310,25 +331,42 @@ mod tests {
 
     #[test]
     fn ascii_and_gzip_encodings_read() {
-        let ascii = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 3 1 1\nencoding: ascii\n\n1.5 2 -3\n";
-        assert_eq!(read_bytes(ascii).unwrap().voxels.to_f32(None), vec![1.5, 2.0, -3.0]);
+        let ascii =
+            b"NRRD0004\ntype: float\ndimension: 3\nsizes: 3 1 1\nencoding: ascii\n\n1.5 2 -3\n";
+        assert_eq!(
+            read_bytes(ascii).unwrap().voxels.to_f32(None),
+            vec![1.5, 2.0, -3.0]
+        );
 
         use flate2::write::GzEncoder;
         use std::io::Write;
         let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&[7, 8, 9]).unwrap();
-        let mut file = b"NRRD0005\ntype: uchar\ndimension: 3\nsizes: 1 3 1\nencoding: gzip\n\n".to_vec();
+        let mut file =
+            b"NRRD0005\ntype: uchar\ndimension: 3\nsizes: 1 3 1\nencoding: gzip\n\n".to_vec();
         file.extend(gz.finish().unwrap());
-        assert_eq!(read_bytes(&file).unwrap().voxels.to_f32(None), vec![7.0, 8.0, 9.0]);
+        assert_eq!(
+            read_bytes(&file).unwrap().voxels.to_f32(None),
+            vec![7.0, 8.0, 9.0]
+        );
     }
 
     #[test]
     fn bad_headers_name_the_problem() {
         let cases: [(&[u8], &str); 4] = [
             (b"P6\n", "not a NRRD"),
-            (b"NRRD0004\ndimension: 3\nsizes: 1 1 1\nencoding: raw\n\n", "'type'"),
-            (b"NRRD0004\ntype: short\ndimension: 4\nsizes: 2 2 2 3\nencoding: raw\n\n", "3-D volume"),
-            (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n\x01", "truncated"),
+            (
+                b"NRRD0004\ndimension: 3\nsizes: 1 1 1\nencoding: raw\n\n",
+                "'type'",
+            ),
+            (
+                b"NRRD0004\ntype: short\ndimension: 4\nsizes: 2 2 2 3\nencoding: raw\n\n",
+                "3-D volume",
+            ),
+            (
+                b"NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n\x01",
+                "truncated",
+            ),
         ];
         for (bytes, expected) in cases {
             let err = read_bytes(bytes).unwrap_err().to_string();

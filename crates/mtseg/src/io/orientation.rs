@@ -176,16 +176,25 @@ mod tests {
         let ras = Grid::axis_aligned([2, 2, 2], [1.0; 3]);
         assert_eq!(axcodes(&ras.affine), ['R', 'A', 'S']);
         // The IXI brains of ../shared/data: voxel axes point P, S, R.
-        let psr = grid_with([[0.0, -2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]], [4, 5, 6]);
+        let psr = grid_with(
+            [[0.0, -2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]],
+            [4, 5, 6],
+        );
         assert_eq!(axcodes(&psr.affine), ['P', 'S', 'R']);
         // Slightly oblique axes still get their closest code.
-        let oblique = grid_with([[-1.0, 0.1, 0.0], [0.1, -1.0, 0.0], [0.0, 0.0, 1.0]], [2, 2, 2]);
+        let oblique = grid_with(
+            [[-1.0, 0.1, 0.0], [0.1, -1.0, 0.0], [0.0, 0.0, 1.0]],
+            [2, 2, 2],
+        );
         assert_eq!(axcodes(&oblique.affine), ['L', 'P', 'S']);
     }
 
     #[test]
     fn reorientation_keeps_world_positions_and_undoes_exactly() {
-        let grid = grid_with([[0.0, -2.0, 0.0], [0.0, 0.0, 3.0], [-1.0, 0.0, 0.0]], [4, 5, 6]);
+        let grid = grid_with(
+            [[0.0, -2.0, 0.0], [0.0, 0.0, 3.0], [-1.0, 0.0, 0.0]],
+            [4, 5, 6],
+        );
         let data: Vec<u32> = (0..grid.len() as u32).collect();
         let volume = Volume::filled(grid.clone(), 0u32, DataType::U32).with_data(data.clone());
         let r = Reorientation::to_ras(&grid);

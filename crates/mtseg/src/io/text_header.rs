@@ -11,7 +11,11 @@ const MAX_HEADER_BYTES: usize = 1 << 20;
 const MAX_LINE_BYTES: usize = 64 << 10;
 
 /// Reads one header line without its line ending; `None` at the end of the stream.
-pub fn read_line(path: &Path, reader: &mut impl BufRead, total: &mut usize) -> Result<Option<String>> {
+pub fn read_line(
+    path: &Path,
+    reader: &mut impl BufRead,
+    total: &mut usize,
+) -> Result<Option<String>> {
     let mut line = Vec::new();
     let n = std::io::Read::take(&mut *reader, MAX_LINE_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)
@@ -77,7 +81,10 @@ mod tests {
     #[test]
     fn numbers_name_the_field_on_error() {
         let p = Path::new("h.mha");
-        assert_eq!(numbers::<f64>(p, "Offset", "1 2.5,3").unwrap(), vec![1.0, 2.5, 3.0]);
+        assert_eq!(
+            numbers::<f64>(p, "Offset", "1 2.5,3").unwrap(),
+            vec![1.0, 2.5, 3.0]
+        );
         let err = numbers::<f64>(p, "Offset", "1 x").unwrap_err();
         assert!(err.to_string().contains("Offset"));
     }

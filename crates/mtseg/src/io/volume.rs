@@ -226,7 +226,11 @@ impl<T: Copy> Volume<T> {
 
     /// Same grid and provenance, other voxels (for instance a label map for an image).
     pub fn with_data<U>(&self, data: Vec<U>) -> Volume<U> {
-        assert_eq!(data.len(), self.grid.len(), "voxel count must match the grid");
+        assert_eq!(
+            data.len(),
+            self.grid.len(),
+            "voxel count must match the grid"
+        );
         Volume {
             data,
             grid: self.grid.clone(),

@@ -33,7 +33,10 @@ pub fn checked_size(path: &Path, dims: &[u64], datatype: DataType) -> Result<(us
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| {
-            Error::invalid(path, format!("dimensions {dims:?} overflow: corrupt header?"))
+            Error::invalid(
+                path,
+                format!("dimensions {dims:?} overflow: corrupt header?"),
+            )
         })?;
     if voxels > MAX_VOXELS {
         return Err(Error::invalid(
@@ -275,7 +278,10 @@ mod tests {
         let p = Path::new("x.nii");
         let err = read_exact_bytes(p, &[1u8, 2, 3][..], 10).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
-        assert_eq!(read_exact_bytes(p, &[1u8, 2, 3][..], 2).unwrap(), vec![1, 2]);
+        assert_eq!(
+            read_exact_bytes(p, &[1u8, 2, 3][..], 2).unwrap(),
+            vec![1, 2]
+        );
     }
 
     #[test]

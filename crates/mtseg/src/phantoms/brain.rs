@@ -42,7 +42,11 @@ pub struct Brain {
 impl Brain {
     pub fn new(rng: &mut ChaCha8Rng) -> Self {
         let s = uniform(rng, 0.92, 1.08);
-        let shift = [uniform(rng, -6.0, 6.0), uniform(rng, -6.0, 6.0), uniform(rng, -5.0, 5.0)];
+        let shift = [
+            uniform(rng, -6.0, 6.0),
+            uniform(rng, -6.0, 6.0),
+            uniform(rng, -5.0, 5.0),
+        ];
         let frame = small_rotation(rng, 0.1);
         let place = |c: Vec3| -> Vec3 {
             let mut p = shift;
@@ -63,7 +67,10 @@ impl Brain {
         let mut ventricles = Vec::new();
         for side in [-1.0, 1.0] {
             ventricles.push(oriented([side * 8.5, 4.0, 18.0], [5.0 * v, 24.0, 8.0 * v]));
-            ventricles.push(oriented([side * 11.0, -22.0, 10.0], [4.0 * v, 9.0, 8.0 * v]));
+            ventricles.push(oriented(
+                [side * 11.0, -22.0, 10.0],
+                [4.0 * v, 9.0, 8.0 * v],
+            ));
         }
         ventricles.push(oriented([0.0, -4.0, 4.0], [1.6 * v, 10.0, 7.0]));
         let mut deep_nuclei = Vec::new();
@@ -82,7 +89,12 @@ impl Brain {
             deep_nuclei,
             surface: SmoothField::new(rng, 70.0, 6),
             folds: SmoothField::new(rng, 22.0, 5),
-            contrast: [1.0, gm_wm, uniform(rng, 0.12, 0.22), (1.0 + gm_wm) / 2.0 + 0.05],
+            contrast: [
+                1.0,
+                gm_wm,
+                uniform(rng, 0.12, 0.22),
+                (1.0 + gm_wm) / 2.0 + 0.05,
+            ],
         }
     }
 

@@ -37,7 +37,11 @@ impl Breast {
         let z0 = uniform(rng, -15.0, 15.0);
         let breast = |side: f64, rng: &mut ChaCha8Rng| {
             Ellipsoid::aligned(
-                [side * spread + uniform(rng, -4.0, 4.0), wall_y, z0 + uniform(rng, -4.0, 4.0)],
+                [
+                    side * spread + uniform(rng, -4.0, 4.0),
+                    wall_y,
+                    z0 + uniform(rng, -4.0, 4.0),
+                ],
                 [46.0 * size, 62.0 * size, 50.0 * size],
             )
         };
@@ -53,7 +57,11 @@ impl Breast {
             glandular_amount: uniform(rng, -0.2, 0.35),
             rib_phase: uniform(rng, 0.0, std::f64::consts::TAU),
             heart: Ellipsoid::aligned(
-                [uniform(rng, -20.0, 0.0), wall_y - 75.0, uniform(rng, -40.0, -20.0)],
+                [
+                    uniform(rng, -20.0, 0.0),
+                    wall_y - 75.0,
+                    uniform(rng, -40.0, -20.0),
+                ],
                 [50.0, 45.0, 55.0],
             ),
             rib_period: uniform(rng, 20.0, 26.0),
@@ -74,12 +82,20 @@ impl Anatomy for Breast {
         let y = p[1];
         if y >= wall {
             // In front of the chest wall: a thin fat layer over the whole chest, then breasts.
-            let in_breast = self.breasts.iter().map(|b| b.rho(p)).fold(f64::MAX, f64::min);
+            let in_breast = self
+                .breasts
+                .iter()
+                .map(|b| b.rho(p))
+                .fold(f64::MAX, f64::min);
             let body_front = wall + 9.0;
             if in_breast > 1.0 && y > body_front {
                 return Sample::new(0, 0.0);
             }
-            let skin = if in_breast <= 1.0 { in_breast > 0.96 } else { y > body_front - 2.0 };
+            let skin = if in_breast <= 1.0 {
+                in_breast > 0.96
+            } else {
+                y > body_front - 2.0
+            };
             if skin {
                 return Sample::new(0, 0.5);
             }

@@ -116,7 +116,10 @@ impl Cardiac {
             axes: frame,
         };
         // The right ventricle wraps the LV towards the patient's right and front.
-        let right_front = normalize(sub([1.0, 0.7, 0.0], scale(long_axis, dot([1.0, 0.7, 0.0], long_axis))));
+        let right_front = normalize(sub(
+            [1.0, 0.7, 0.0],
+            scale(long_axis, dot([1.0, 0.7, 0.0], long_axis)),
+        ));
         let rv_dir = [dot(right_front, frame[0]), dot(right_front, frame[1]), 0.0];
         let rv_at = |d: f64, a: f64| [rv_dir[0] * d, rv_dir[1] * d, a];
         let lv_wall = ell([0.0, 0.0, 8.0], [29.0, 29.0, 46.0]);
@@ -139,10 +142,21 @@ impl Cardiac {
         let root = at([4.0, 6.0, -30.0]);
         let great_vessels = vec![
             // Ascending aorta, descending aorta, pulmonary trunk.
-            Tube { points: vec![root, add(root, [6.0, 4.0, 80.0])], r0: 13.0 * s, r1: 14.0 * s },
-            Tube { points: vec![[-18.0, -46.0, -90.0], [-16.0, -44.0, 90.0]], r0: 11.0, r1: 11.0 },
             Tube {
-                points: vec![at(rv_at(20.0, -30.0)), add(at(rv_at(20.0, -30.0)), [-20.0, -10.0, 60.0])],
+                points: vec![root, add(root, [6.0, 4.0, 80.0])],
+                r0: 13.0 * s,
+                r1: 14.0 * s,
+            },
+            Tube {
+                points: vec![[-18.0, -46.0, -90.0], [-16.0, -44.0, 90.0]],
+                r0: 11.0,
+                r1: 11.0,
+            },
+            Tube {
+                points: vec![
+                    at(rv_at(20.0, -30.0)),
+                    add(at(rv_at(20.0, -30.0)), [-20.0, -10.0, 60.0]),
+                ],
                 r0: 12.0 * s,
                 r1: 11.0 * s,
             },
@@ -154,7 +168,11 @@ impl Cardiac {
         let front = azimuth([0.0, 1.0, 0.0]);
         let left = azimuth([-1.0, 0.0, 0.0]);
         // Which way round the heart "towards the left" goes.
-        let turn = if (left - front).sin() >= 0.0 { 1.0 } else { -1.0 };
+        let turn = if (left - front).sin() >= 0.0 {
+            1.0
+        } else {
+            -1.0
+        };
         let anterior_groove = front + turn * uniform(rng, 0.15, 0.45);
         let groove_theta = uniform(rng, 0.5, 0.65);
         let wiggle = SmoothField::new(rng, 25.0, 4);
@@ -162,18 +180,44 @@ impl Cardiac {
         let mut tubes = Vec::new();
         let lm_start = (groove_theta - 0.25, anterior_groove - turn * 0.6);
         let bifurcation = (groove_theta, anterior_groove);
-        tubes.push(Tube { points: surface_path(&epi, lm_start, bifurcation, lift, &wiggle), r0: 2.0, r1: 1.8 });
+        tubes.push(Tube {
+            points: surface_path(&epi, lm_start, bifurcation, lift, &wiggle),
+            r0: 2.0,
+            r1: 1.8,
+        });
         let lad_end = (uniform(rng, 2.6, 3.0), anterior_groove + turn * 0.1);
         let lad = surface_path(&epi, bifurcation, lad_end, lift, &wiggle);
-        tubes.push(Tube { points: lad.clone(), r0: 1.7, r1: 0.6 });
-        let lcx_end = (groove_theta + 0.1, anterior_groove + turn * uniform(rng, 2.2, 2.8));
+        tubes.push(Tube {
+            points: lad.clone(),
+            r0: 1.7,
+            r1: 0.6,
+        });
+        let lcx_end = (
+            groove_theta + 0.1,
+            anterior_groove + turn * uniform(rng, 2.2, 2.8),
+        );
         let lcx = surface_path(&epi, bifurcation, lcx_end, lift, &wiggle);
-        tubes.push(Tube { points: lcx.clone(), r0: 1.6, r1: 0.6 });
+        tubes.push(Tube {
+            points: lcx.clone(),
+            r0: 1.6,
+            r1: 0.6,
+        });
         let rca_start = (groove_theta - 0.2, anterior_groove - turn * 0.9);
-        let rca_end = (groove_theta + 0.05, anterior_groove - turn * uniform(rng, 2.6, 3.1));
-        tubes.push(Tube { points: surface_path(&epi, rca_start, rca_end, lift, &wiggle), r0: 1.9, r1: 1.0 });
+        let rca_end = (
+            groove_theta + 0.05,
+            anterior_groove - turn * uniform(rng, 2.6, 3.1),
+        );
+        tubes.push(Tube {
+            points: surface_path(&epi, rca_start, rca_end, lift, &wiggle),
+            r0: 1.9,
+            r1: 1.0,
+        });
         let pda_end = (uniform(rng, 2.0, 2.4), rca_end.1 - turn * 0.1);
-        tubes.push(Tube { points: surface_path(&epi, rca_end, pda_end, lift, &wiggle), r0: 1.0, r1: 0.5 });
+        tubes.push(Tube {
+            points: surface_path(&epi, rca_end, pda_end, lift, &wiggle),
+            r0: 1.0,
+            r1: 0.5,
+        });
         // Side branches: diagonals from the LAD, marginals from the circumflex.
         for (parent, count, towards) in [(&lad, 3usize, turn), (&lcx, 2, 0.0)] {
             for k in 0..count {
@@ -184,7 +228,11 @@ impl Cardiac {
                     (start.0 + uniform(rng, 0.8, 1.3)).min(2.9),
                     start.1 + towards * uniform(rng, 0.4, 0.9),
                 );
-                tubes.push(Tube { points: surface_path(&epi, start, end, lift, &wiggle), r0: 1.1, r1: 0.5 });
+                tubes.push(Tube {
+                    points: surface_path(&epi, start, end, lift, &wiggle),
+                    r0: 1.1,
+                    r1: 0.5,
+                });
             }
         }
         Cardiac {
@@ -207,7 +255,9 @@ impl Cardiac {
         let walls = [&self.lv_wall, &self.rv_wall]
             .into_iter()
             .chain(self.atria.iter().map(|(w, _)| w));
-        walls.map(|w| (-w.depth(p)).max(0.0)).fold(f64::MAX, f64::min)
+        walls
+            .map(|w| (-w.depth(p)).max(0.0))
+            .fold(f64::MAX, f64::min)
     }
 }
 
@@ -274,7 +324,14 @@ fn body(p: Vec3, texture: f64) -> Sample {
     let [x, y, _] = p;
     let spine = ((x / 17.0).powi(2) + ((y + 66.0) / 15.0).powi(2)).sqrt();
     if spine < 1.0 {
-        return Sample::new(0, if spine > 0.8 { 900.0 } else { 380.0 + 2.0 * texture });
+        return Sample::new(
+            0,
+            if spine > 0.8 {
+                900.0
+            } else {
+                380.0 + 2.0 * texture
+            },
+        );
     }
     if ((x / 15.0).powi(2) + ((y - 56.0) / 5.0).powi(2)).sqrt() < 1.0 {
         return Sample::new(0, 550.0);

@@ -48,7 +48,11 @@ pub enum PhantomTask {
 }
 
 impl PhantomTask {
-    pub const ALL: [PhantomTask; 3] = [PhantomTask::Brain, PhantomTask::Breast, PhantomTask::Cardiac];
+    pub const ALL: [PhantomTask; 3] = [
+        PhantomTask::Brain,
+        PhantomTask::Breast,
+        PhantomTask::Cardiac,
+    ];
 
     /// The nnU-Net folder name; the task name is what follows `DatasetNNN_`.
     pub fn folder_name(self) -> &'static str {
@@ -112,7 +116,10 @@ pub fn phantom_grid(task: PhantomTask, size: usize) -> Grid {
 
 /// One phantom case: the image (as the modality stores it) and its label map.
 pub fn generate_case(task: PhantomTask, size: usize, seed: u64, index: usize) -> (Image, LabelMap) {
-    let task_code = PhantomTask::ALL.iter().position(|&t| t == task).unwrap_or(0) as u64;
+    let task_code = PhantomTask::ALL
+        .iter()
+        .position(|&t| t == task)
+        .unwrap_or(0) as u64;
     let mut rng = ChaCha8Rng::seed_from_u64(
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (task_code << 48) ^ index as u64,
     );
@@ -130,12 +137,18 @@ pub fn generate_case(task: PhantomTask, size: usize, seed: u64, index: usize) ->
         PhantomTask::Cardiac => {
             let sigma = uniform(&mut rng, 15.0, 35.0);
             for v in intensity.iter_mut() {
-                *v = (*v as f64 + sigma * gaussian(&mut rng)).clamp(-1024.0, 3071.0).round() as f32;
+                *v = (*v as f64 + sigma * gaussian(&mut rng))
+                    .clamp(-1024.0, 3071.0)
+                    .round() as f32;
             }
         }
         _ => {
             // Coil sensitivity: a smooth multiplicative bias field; then Rician noise.
-            let strength = if task == PhantomTask::Breast { 0.3 } else { 0.15 };
+            let strength = if task == PhantomTask::Breast {
+                0.3
+            } else {
+                0.15
+            };
             let bias = SmoothField::new(&mut rng, 2.0 * task.fov_mm(), 3);
             let gain = uniform(&mut rng, 600.0, 1400.0);
             for (i, v) in intensity.iter_mut().enumerate() {
@@ -175,12 +188,20 @@ pub struct PhantomOptions {
 
 /// Writes one nnU-Net raw dataset per task under `out`, and a `splits.json` beside them
 /// (the last third of the cases, at least one, are test cases). Returns the folders.
-pub fn write_datasets(out: &Path, options: &PhantomOptions, mut on_case: impl FnMut()) -> Result<Vec<PathBuf>> {
+pub fn write_datasets(
+    out: &Path,
+    options: &PhantomOptions,
+    mut on_case: impl FnMut(),
+) -> Result<Vec<PathBuf>> {
     if options.cases == 0 || options.size < 8 {
-        return Err(Error::usage("phantoms need at least 1 case and a size of at least 8"));
+        return Err(Error::usage(
+            "phantoms need at least 1 case and a size of at least 8",
+        ));
     }
     if options.size > 512 {
-        return Err(Error::usage("phantom size is limited to 512 voxels per side"));
+        return Err(Error::usage(
+            "phantom size is limited to 512 voxels per side",
+        ));
     }
     let mut folders = Vec::new();
     let mut splits = serde_json::Map::new();
@@ -191,11 +212,19 @@ pub fn write_datasets(out: &Path, options: &PhantomOptions, mut on_case: impl Fn
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         let mut split = Split::default();
-        let n_test = if options.cases >= 2 { (options.cases / 3).max(1) } else { 0 };
+        let n_test = if options.cases >= 2 {
+            (options.cases / 3).max(1)
+        } else {
+            0
+        };
         for index in 0..options.cases {
             let id = task.case_id(index);
             let (image, labels) = generate_case(task, options.size, options.seed, index);
-            io::write_image_as(&folder.join(format!("imagesTr/{id}_0000.nii.gz")), &image, DataType::I16)?;
+            io::write_image_as(
+                &folder.join(format!("imagesTr/{id}_0000.nii.gz")),
+                &image,
+                DataType::I16,
+            )?;
             io::write_labels(&folder.join(format!("labelsTr/{id}.nii.gz")), &labels)?;
             if index >= options.cases - n_test {
                 split.test.push(id);
@@ -219,8 +248,14 @@ pub fn write_datasets(out: &Path, options: &PhantomOptions, mut on_case: impl Fn
             num_training: options.cases,
             file_ending: ".nii.gz".to_string(),
             other: [
-                ("licence".to_string(), serde_json::json!("CC0 (synthetic, made by mtseg)")),
-                ("mtseg_phantom".to_string(), serde_json::json!({"size": options.size, "seed": options.seed})),
+                (
+                    "licence".to_string(),
+                    serde_json::json!("CC0 (synthetic, made by mtseg)"),
+                ),
+                (
+                    "mtseg_phantom".to_string(),
+                    serde_json::json!({"size": options.size, "seed": options.seed}),
+                ),
             ]
             .into(),
         };
@@ -237,7 +272,11 @@ pub fn write_datasets(out: &Path, options: &PhantomOptions, mut on_case: impl Fn
 
 /// A PNG montage of a phantom dataset: one row per case (at most three), each with the
 /// axial, coronal and sagittal slices through the centre, labels overlaid.
-pub fn write_preview(folder: &Path, task: PhantomTask, options: &PhantomOptions) -> Result<PathBuf> {
+pub fn write_preview(
+    folder: &Path,
+    task: PhantomTask,
+    options: &PhantomOptions,
+) -> Result<PathBuf> {
     let rows = (0..options.cases.min(3))
         .map(|index| {
             let id = task.case_id(index);
@@ -260,7 +299,10 @@ pub fn label_fractions(labels: &LabelMap, classes: usize) -> Vec<f64> {
             counts[l as usize] += 1;
         }
     }
-    counts.iter().map(|&c| c as f64 / labels.data.len() as f64).collect()
+    counts
+        .iter()
+        .map(|&c| c as f64 / labels.data.len() as f64)
+        .collect()
 }
 
 #[cfg(test)]

@@ -64,14 +64,21 @@ impl SmoothField {
         let waves = (0..waves)
             .map(|_| {
                 let k = 2.0 * std::f64::consts::PI / (wavelength * uniform(rng, 0.7, 1.4));
-                (scale(random_unit(rng), k), uniform(rng, 0.0, std::f64::consts::TAU))
+                (
+                    scale(random_unit(rng), k),
+                    uniform(rng, 0.0, std::f64::consts::TAU),
+                )
             })
             .collect();
         SmoothField { waves }
     }
 
     pub fn at(&self, p: Vec3) -> f64 {
-        let sum: f64 = self.waves.iter().map(|(k, phase)| (dot(*k, p) + phase).cos()).sum();
+        let sum: f64 = self
+            .waves
+            .iter()
+            .map(|(k, phase)| (dot(*k, p) + phase).cos())
+            .sum();
         sum / (self.waves.len() as f64 / 2.0).sqrt().max(1.0) / 1.5
     }
 }
@@ -116,7 +123,11 @@ impl Ellipsoid {
     /// The local coordinates of `p` in the ellipsoid's frame.
     pub fn local(&self, p: Vec3) -> Vec3 {
         let d = sub(p, self.centre);
-        [dot(d, self.axes[0]), dot(d, self.axes[1]), dot(d, self.axes[2])]
+        [
+            dot(d, self.axes[0]),
+            dot(d, self.axes[1]),
+            dot(d, self.axes[2]),
+        ]
     }
 
     /// The world point at local coordinates `l`.
@@ -132,7 +143,11 @@ impl Ellipsoid {
 /// An orthonormal frame whose third axis is `w`.
 pub fn frame_along(w: Vec3) -> [Vec3; 3] {
     let w = normalize(w);
-    let helper = if w[0].abs() < 0.9 { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
+    let helper = if w[0].abs() < 0.9 {
+        [1.0, 0.0, 0.0]
+    } else {
+        [0.0, 1.0, 0.0]
+    };
     let u = normalize(cross(helper, w));
     let v = cross(w, u);
     [u, v, w]
@@ -142,9 +157,27 @@ pub fn frame_along(w: Vec3) -> [Vec3; 3] {
 /// the rows of an orthonormal frame: a patient's head is never perfectly straight.
 pub fn small_rotation(rng: &mut ChaCha8Rng, max_angle: f64) -> [Vec3; 3] {
     let [a, b, c] = [0; 3].map(|_| uniform(rng, -max_angle, max_angle));
-    let rx = |v: Vec3| [v[0], v[1] * a.cos() - v[2] * a.sin(), v[1] * a.sin() + v[2] * a.cos()];
-    let ry = |v: Vec3| [v[0] * b.cos() + v[2] * b.sin(), v[1], -v[0] * b.sin() + v[2] * b.cos()];
-    let rz = |v: Vec3| [v[0] * c.cos() - v[1] * c.sin(), v[0] * c.sin() + v[1] * c.cos(), v[2]];
+    let rx = |v: Vec3| {
+        [
+            v[0],
+            v[1] * a.cos() - v[2] * a.sin(),
+            v[1] * a.sin() + v[2] * a.cos(),
+        ]
+    };
+    let ry = |v: Vec3| {
+        [
+            v[0] * b.cos() + v[2] * b.sin(),
+            v[1],
+            -v[0] * b.sin() + v[2] * b.cos(),
+        ]
+    };
+    let rz = |v: Vec3| {
+        [
+            v[0] * c.cos() - v[1] * c.sin(),
+            v[0] * c.sin() + v[1] * c.cos(),
+            v[2],
+        ]
+    };
     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]].map(|e| rz(ry(rx(e))))
 }
 
@@ -266,7 +299,9 @@ mod tests {
     #[test]
     fn blur_preserves_the_mean_and_smooths_a_step() {
         let shape = [8, 4, 4];
-        let mut data: Vec<f32> = (0..128).map(|i| if i % 8 < 4 { 0.0 } else { 1.0 }).collect();
+        let mut data: Vec<f32> = (0..128)
+            .map(|i| if i % 8 < 4 { 0.0 } else { 1.0 })
+            .collect();
         let before: f32 = data.iter().sum();
         gaussian_blur(&mut data, shape, 1.0);
         let after: f32 = data.iter().sum();

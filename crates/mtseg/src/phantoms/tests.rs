@@ -62,7 +62,10 @@ fn intensities_look_like_their_modality() {
         .map(|(_, v)| *v)
         .collect();
     let mean = artery.iter().sum::<f32>() / artery.len() as f32;
-    assert!(mean > 100.0, "coronary arteries are contrast-filled: mean {mean} HU");
+    assert!(
+        mean > 100.0,
+        "coronary arteries are contrast-filled: mean {mean} HU"
+    );
 
     // T1 brain: white matter brighter than grey matter, grey brighter than ventricles.
     let (mr, labels) = generate_case(PhantomTask::Brain, 48, 1, 0);
@@ -77,5 +80,8 @@ fn intensities_look_like_their_modality() {
         v.iter().sum::<f32>() / v.len() as f32
     };
     assert!(mean_of(2) > mean_of(1) && mean_of(1) > mean_of(4));
-    assert!(mr.data.iter().all(|v| *v >= 0.0), "MR magnitudes are non-negative");
+    assert!(
+        mr.data.iter().all(|v| *v >= 0.0),
+        "MR magnitudes are non-negative"
+    );
 }

@@ -38,8 +38,7 @@ pub fn prepare_image(image: &Image, preprocessing: &Preprocessing) -> Prepared {
     let reorientation = Reorientation::to_ras(&image.grid);
     let canonical = reorientation.apply(image);
     let canonical_grid = canonical.grid.clone();
-    let mut prepared = if needs_resampling(canonical_grid.spacing(), preprocessing.target_spacing)
-    {
+    let mut prepared = if needs_resampling(canonical_grid.spacing(), preprocessing.target_spacing) {
         let target = resample::grid_with_spacing(&canonical_grid, preprocessing.target_spacing);
         resample::resample_image(&canonical, &target)
     } else {

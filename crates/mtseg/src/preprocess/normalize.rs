@@ -153,7 +153,13 @@ mod tests {
     fn mr_z_score_ignores_the_air_around_the_body() {
         // Half air (0), half body around 100 +- 10.
         let mut data: Vec<f32> = (0..2000)
-            .map(|i| if i < 1000 { 0.0 } else { 90.0 + (i % 21) as f32 })
+            .map(|i| {
+                if i < 1000 {
+                    0.0
+                } else {
+                    90.0 + (i % 21) as f32
+                }
+            })
             .collect();
         let applied = Normalization::MrRobustZ.apply(&mut data);
         assert!((applied.mean - 100.0).abs() < 1.0, "{applied:?}");
@@ -166,7 +172,10 @@ mod tests {
     fn ct_window_clips_then_scores() {
         let foreground: Vec<f32> = (0..1000).map(|i| i as f32).collect();
         let n = Normalization::ct_from_foreground(&foreground);
-        let Normalization::CtWindow { lower, upper, mean, .. } = n else {
+        let Normalization::CtWindow {
+            lower, upper, mean, ..
+        } = n
+        else {
             panic!("CT normalisation expected");
         };
         assert!((lower - 5.0).abs() <= 1.0 && (upper - 994.0).abs() <= 1.0);

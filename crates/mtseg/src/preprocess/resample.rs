@@ -67,14 +67,17 @@ pub fn resample_image(image: &Volume<f32>, target: &Grid) -> Volume<f32> {
     let t = index_transform(&image.grid, target);
     let [nx, ny, _] = target.shape;
     let mut data = vec![0f32; target.len()];
-    data.par_chunks_mut(nx * ny).enumerate().for_each(|(z, plane)| {
-        for y in 0..ny {
-            for x in 0..nx {
-                let p = t * nalgebra::Vector4::new(x as f64, y as f64, z as f64, 1.0);
-                plane[x + nx * y] = trilinear(&image.data, image.grid.shape, [p[0], p[1], p[2]]);
+    data.par_chunks_mut(nx * ny)
+        .enumerate()
+        .for_each(|(z, plane)| {
+            for y in 0..ny {
+                for x in 0..nx {
+                    let p = t * nalgebra::Vector4::new(x as f64, y as f64, z as f64, 1.0);
+                    plane[x + nx * y] =
+                        trilinear(&image.data, image.grid.shape, [p[0], p[1], p[2]]);
+                }
             }
-        }
-    });
+        });
     let mut provenance = image.provenance.clone();
     provenance.template = None;
     Volume {
@@ -91,14 +94,16 @@ pub fn resample_labels(labels: &Volume<u16>, target: &Grid) -> Vec<u16> {
     let shape = labels.grid.shape;
     let [nx, ny, _] = target.shape;
     let mut data = vec![0u16; target.len()];
-    data.par_chunks_mut(nx * ny).enumerate().for_each(|(z, plane)| {
-        for y in 0..ny {
-            for x in 0..nx {
-                let p = t * nalgebra::Vector4::new(x as f64, y as f64, z as f64, 1.0);
-                plane[x + nx * y] = majority_label(&labels.data, shape, [p[0], p[1], p[2]]);
+    data.par_chunks_mut(nx * ny)
+        .enumerate()
+        .for_each(|(z, plane)| {
+            for y in 0..ny {
+                for x in 0..nx {
+                    let p = t * nalgebra::Vector4::new(x as f64, y as f64, z as f64, 1.0);
+                    plane[x + nx * y] = majority_label(&labels.data, shape, [p[0], p[1], p[2]]);
+                }
             }
-        }
-    });
+        });
     data
 }
 

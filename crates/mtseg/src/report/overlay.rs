@@ -119,7 +119,10 @@ impl View {
         let (nu, nv) = (grid.shape[cu], grid.shape[cv]);
         // Pixel size: the finest in-plane spacing, then scaled up for small volumes.
         let pixel = spacing[cu].min(spacing[cv]);
-        let (wu, wv) = (nu as f64 * spacing[cu] / pixel, nv as f64 * spacing[cv] / pixel);
+        let (wu, wv) = (
+            nu as f64 * spacing[cu] / pixel,
+            nv as f64 * spacing[cv] / pixel,
+        );
         let zoom = (min_pixels as f64 / wu.min(wv)).max(1.0);
         let (width, height) = ((wu * zoom).round() as u32, (wv * zoom).round() as u32);
         let (lo, hi) = self.window;
@@ -127,8 +130,12 @@ impl View {
         for py in 0..out.height() {
             for px in 0..out.width() {
                 // High coordinates first: right on the left, anterior/superior on top.
-                let u = nu - 1 - ((px as f64 + 0.5) / width as f64 * nu as f64).min(nu as f64 - 1.0) as usize;
-                let v = nv - 1 - ((py as f64 + 0.5) / height as f64 * nv as f64).min(nv as f64 - 1.0) as usize;
+                let u = nu
+                    - 1
+                    - ((px as f64 + 0.5) / width as f64 * nu as f64).min(nu as f64 - 1.0) as usize;
+                let v = nv
+                    - 1
+                    - ((py as f64 + 0.5) / height as f64 * nv as f64).min(nv as f64 - 1.0) as usize;
                 let mut c = [0usize; 3];
                 c[cu] = u;
                 c[cv] = v;
@@ -163,7 +170,8 @@ impl View {
 
 /// Panels in a row on a black background, `gap` pixels apart, top-aligned.
 pub fn side_by_side(panels: &[RgbImage], gap: u32) -> RgbImage {
-    let width = panels.iter().map(|p| p.width()).sum::<u32>() + gap * panels.len().saturating_sub(1) as u32;
+    let width =
+        panels.iter().map(|p| p.width()).sum::<u32>() + gap * panels.len().saturating_sub(1) as u32;
     let height = panels.iter().map(|p| p.height()).max().unwrap_or(1);
     let mut out = RgbImage::new(width.max(1), height);
     let mut x = 0;
@@ -177,7 +185,8 @@ pub fn side_by_side(panels: &[RgbImage], gap: u32) -> RgbImage {
 /// Panels stacked in a column.
 pub fn stacked(rows: &[RgbImage], gap: u32) -> RgbImage {
     let width = rows.iter().map(|p| p.width()).max().unwrap_or(1);
-    let height = rows.iter().map(|p| p.height()).sum::<u32>() + gap * rows.len().saturating_sub(1) as u32;
+    let height =
+        rows.iter().map(|p| p.height()).sum::<u32>() + gap * rows.len().saturating_sub(1) as u32;
     let mut out = RgbImage::new(width, height.max(1));
     let mut y = 0;
     for r in rows {

@@ -1,0 +1,154 @@
+//! `mtseg train`: train the multi-task network on nnU-Net datasets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use indicatif::ProgressBar;
+use mtseg::model::{OutputMode, Preset};
+use mtseg::train::{
+    self, Observer, TrainRequest,
+    log::{IterationRow, ValidationRow},
+};
+
+/// Train one network on several segmentation tasks at once (one nnU-Net dataset per task).
+/// Writes model.mtseg (everything `segment` needs), log.csv, curves.png and checkpoints to
+/// OUT.
+#[derive(clap::Args)]
+pub struct Args {
+    /// nnU-Net raw dataset folders, one per task.
+    #[arg(long, required = true, num_args = 1..)]
+    datasets: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Settings: `paper`, `small`, or a JSON/TOML file overriding a preset.
+    #[arg(long, default_value = "small")]
+    config: String,
+    /// Iterations (overrides the configuration).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Output layer: `union` (the paper's single softmax) or `per-task` (one softmax group
+    /// per task and a task-recognition head; for tasks that label the same anatomy
+    /// differently).
+    #[arg(long, value_enum)]
+    output_mode: Option<ModeArg>,
+    /// Continue from OUT/checkpoint.mtseg.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many minutes (the model and a checkpoint are written).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Random seed (overrides the configuration).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Union,
+    PerTask,
+}
+
+impl From<ModeArg> for OutputMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Union => OutputMode::Union,
+            ModeArg::PerTask => OutputMode::PerTask,
+        }
+    }
+}
+
+/// Draws training progress: iteration, loss, samples/s and ETA.
+pub struct ProgressObserver {
+    bar: ProgressBar,
+}
+
+impl ProgressObserver {
+    pub fn new(label: &str) -> Self {
+        let bar = crate::progress::bar(0, label);
+        ProgressObserver { bar }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Observer for ProgressObserver {
+    fn started(&mut self, first: usize, total: usize) {
+        self.bar.set_length(total as u64);
+        self.bar.set_position(first as u64);
+        self.bar.reset_eta();
+    }
+
+    fn iteration(&mut self, row: &IterationRow) {
+        self.bar.set_position(row.iteration as u64);
+        self.bar.set_message(format!(
+            "loss {:.3}  {:.1} samples/s  {:.0} voxels/s",
+            row.loss, row.samples_per_s, row.voxels_per_s
+        ));
+    }
+
+    fn validated(&mut self, row: &ValidationRow) {
+        self.bar.println(format!(
+            "iteration {:>6}: validation mean Dice {:.3}",
+            row.iteration, row.mean_dice
+        ));
+    }
+
+    fn message(&mut self, text: &str) {
+        self.bar.println(text);
+    }
+}
+
+pub fn preset_from(
+    config: &str,
+    iterations: Option<usize>,
+    mode: Option<ModeArg>,
+    seed: Option<u64>,
+) -> Result<Preset> {
+    let mut preset = Preset::named_or_file(config)?;
+    if let Some(n) = iterations {
+        preset.training.iterations = n;
+    }
+    if let Some(m) = mode {
+        preset.network.output_mode = m.into();
+    }
+    if let Some(s) = seed {
+        preset.training.seed = s;
+    }
+    Ok(preset)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let preset = preset_from(&args.config, args.iterations, args.output_mode, args.seed)?;
+    let request = TrainRequest {
+        datasets: args.datasets,
+        out: args.out,
+        preset,
+        resume: args.resume,
+        time_budget: args.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+        splits: None,
+    };
+    let mut observer = ProgressObserver::new("train");
+    let outcome = train::train(&request, &mut observer);
+    observer.finish();
+    let outcome = outcome?;
+    println!(
+        "trained {} iterations in {:.0} s ({:.0} labelled voxels/s){}",
+        outcome.iterations,
+        outcome.seconds,
+        outcome.voxels_per_s,
+        if outcome.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        }
+    );
+    if let Some(d) = outcome.best_validation_dice {
+        println!("best validation mean Dice {d:.3}");
+    }
+    println!("model {}", outcome.model.display());
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Stage 4, data: training cases preprocessed once and held in memory, and the balanced
+//! sampler that cuts mini-batches of cubes out of them (see [`sampler`]).
+
+pub mod sampler;
+
+use rayon::prelude::*;
+
+use crate::datasets::{Case, LabelSpace, Modality, Task};
+use crate::error::{Error, Result};
+use crate::io::{Image, LabelMap};
+use crate::preprocess::{self, Normalization, Prepared, Preprocessing};
+
+pub use sampler::{BalancedSampler, Batch};
+
+/// One preprocessed labelled case: canonical RAS layout, the task's spacing, normalised.
+#[derive(Clone, Debug)]
+pub struct TrainingVolume {
+    pub case: String,
+    pub task: usize,
+    pub shape: [usize; 3],
+    pub spacing: [f64; 3],
+    pub image: Vec<f32>,
+    /// Joint label ids.
+    pub labels: Vec<u16>,
+    /// The intensity of "nothing" (the image minimum), used to pad outside the volume.
+    pub pad: f32,
+    /// For each foreground class of the task (in task order), the indices of its voxels.
+    /// Background voxels are drawn by rejection: they are the majority everywhere.
+    pub class_voxels: Vec<Vec<u32>>,
+}
+
+impl TrainingVolume {
+    pub fn index(&self, x: usize, y: usize, z: usize) -> usize {
+        x + self.shape[0] * (y + self.shape[1] * z)
+    }
+}
+
+/// Reads a task's cases once, with their label maps in joint ids.
+pub fn read_cases(
+    task: &Task,
+    task_index: usize,
+    ids: &[String],
+    space: &LabelSpace,
+) -> Result<Vec<(String, Image, LabelMap)>> {
+    let table = space.joint_table(task_index);
+    ids.par_iter()
+        .map(|id| {
+            let case: &Case = task
+                .case(id)
+                .ok_or_else(|| Error::usage(format!("task {}: no case '{id}'", task.name)))?;
+            let (image, labels) = task.load_case(case)?;
+            let mut labels = labels
+                .ok_or_else(|| Error::invalid(&case.image, "a training case needs a label map"))?;
+            for l in labels.data.iter_mut() {
+                *l = table[*l as usize].expect("label values were checked against dataset.json");
+            }
+            Ok((id.clone(), image, labels))
+        })
+        .collect()
+}
+
+/// How a task's images will be prepared, measured on its training cases: nnU-Net's median
+/// spacing, and for CT the window and statistics of the labelled foreground.
+pub fn plan_preprocessing(
+    modality: Modality,
+    cases: &[(String, Image, LabelMap)],
+) -> Preprocessing {
+    let grids: Vec<_> = cases
+        .iter()
+        .map(|(_, image, _)| image.grid.clone())
+        .collect();
+    let target_spacing = preprocess::median_spacing(&grids);
+    let normalization = match modality {
+        Modality::MR => Normalization::MrRobustZ,
+        Modality::CT => {
+            let foreground: Vec<f32> = cases
+                .iter()
+                .flat_map(|(_, image, labels)| {
+                    image
+                        .data
+                        .iter()
+                        .zip(&labels.data)
+                        .filter(|(_, l)| **l > 0)
+                        .map(|(v, _)| *v)
+                })
+                .collect();
+            if foreground.is_empty() {
+                Normalization::default_for(Modality::CT)
+            } else {
+                Normalization::ct_from_foreground(&foreground)
+            }
+        }
+    };
+    Preprocessing {
+        target_spacing,
+        normalization,
+    }
+}
+
+/// Prepares cases read by [`read_cases`] for training.
+pub fn prepare_cases(
+    task_index: usize,
+    cases: Vec<(String, Image, LabelMap)>,
+    preprocessing: &Preprocessing,
+    space: &LabelSpace,
+) -> Vec<TrainingVolume> {
+    let classes = space.task_classes(task_index);
+    cases
+        .into_par_iter()
+        .map(|(case, image, labels)| {
+            let prepared: Prepared = preprocess::prepare_image(&image, preprocessing);
+            let labels = preprocess::prepare_labels(&labels, &prepared);
+            let mut class_voxels = vec![Vec::new(); classes.len()];
+            for (i, &l) in labels.iter().enumerate() {
+                if let Some(c) = classes.iter().position(|&j| j == l) {
+                    class_voxels[c].push(i as u32);
+                }
+            }
+            let image = prepared.image;
+            let pad = image.data.iter().cloned().fold(f32::INFINITY, f32::min);
+            TrainingVolume {
+                case,
+                task: task_index,
+                shape: image.grid.shape,
+                spacing: image.grid.spacing(),
+                pad,
+                image: image.data,
+                labels,
+                class_voxels,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,336 @@
+//! Balanced sampling as in the paper: every mini-batch holds the same number of samples from
+//! every task, and within a task the same number from every class (background included), so
+//! a class of 0.1% of the voxels is seen as often as the background.
+//!
+//! A sample is a cube of k^3 output voxels centred on the drawn voxel. Each orientation gets k
+//! patches of (P + k - 1)^2 (P = receptive field), cut through the same randomly rotated,
+//! scaled (and optionally mirrored) neighbourhood, so the three views stay consistent.
+
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::TrainingVolume;
+use crate::model::{Orientation, OutputLayout, TrainConfig};
+
+/// One mini-batch, task-major: cubes `[t * per_task, (t + 1) * per_task)` belong to task t.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub cubes: usize,
+    pub tile: usize,
+    /// Side of each patch: receptive field + tile - 1.
+    pub patch_side: usize,
+    /// Per orientation (axial, coronal, sagittal): `cubes * tile` patches of side^2.
+    pub patches: [Vec<f32>; 3],
+    /// Per output voxel (cube-major, then x, y, z): the training target (see
+    /// [`OutputLayout::target`]).
+    pub targets: Vec<i64>,
+    /// Per output voxel: its joint label (for class weights and bookkeeping).
+    pub labels: Vec<u16>,
+    /// Per cube: its task.
+    pub tasks: Vec<usize>,
+    /// Per cube: the class position drawn for its centre (0 background, i class i).
+    pub centre_classes: Vec<usize>,
+}
+
+/// The sampler with its random state (saved in checkpoints for exact resumption).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BalancedSampler {
+    rng: ChaCha8Rng,
+}
+
+/// Voxel-space transform of one sample: volume position = centre + matrix * offset.
+struct Placement {
+    centre: [f64; 3],
+    matrix: [[f64; 3]; 3],
+    identity: bool,
+    intensity_scale: f32,
+    intensity_shift: f32,
+}
+
+impl BalancedSampler {
+    pub fn new(seed: u64) -> Self {
+        BalancedSampler {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// Draws one balanced mini-batch from `volumes` (grouped by task through
+    /// `TrainingVolume::task`; every task index below `tasks` must have a volume).
+    pub fn next_batch(
+        &mut self,
+        volumes: &[TrainingVolume],
+        tasks: usize,
+        classes_per_task: &[usize],
+        receptive_field: usize,
+        config: &TrainConfig,
+        layout: &OutputLayout,
+    ) -> Batch {
+        let k = config.tile;
+        let side = receptive_field + k - 1;
+        let per_task = config.samples_per_task;
+        let cubes = tasks * per_task;
+        let mut batch = Batch {
+            cubes,
+            tile: k,
+            patch_side: side,
+            patches: [
+                Vec::with_capacity(cubes * k * side * side),
+                Vec::with_capacity(cubes * k * side * side),
+                Vec::with_capacity(cubes * k * side * side),
+            ],
+            targets: Vec::with_capacity(cubes * k * k * k),
+            labels: Vec::with_capacity(cubes * k * k * k),
+            tasks: Vec::with_capacity(cubes),
+            centre_classes: Vec::with_capacity(cubes),
+        };
+        for task in 0..tasks {
+            let of_task: Vec<&TrainingVolume> = volumes.iter().filter(|v| v.task == task).collect();
+            assert!(!of_task.is_empty(), "task {task} has no training volume");
+            let n_classes = classes_per_task[task] + 1;
+            // Cycle through the classes from a random start: equal counts per class.
+            let start = self.rng.random_range(0..n_classes);
+            for s in 0..per_task {
+                let class = (start + s) % n_classes;
+                let (volume, centre) = self.draw_voxel(&of_task, class);
+                let placement = self.placement(volume, centre, config);
+                cut_cube(volume, &placement, k, receptive_field, layout, &mut batch);
+                batch.tasks.push(task);
+                batch.centre_classes.push(class);
+            }
+        }
+        batch
+    }
+
+    /// The patches of the cube of side `k` centred on `centre`, without augmentation (as
+    /// training would cut them), per orientation.
+    pub fn cube_patches(
+        volume: &TrainingVolume,
+        centre: [usize; 3],
+        k: usize,
+        receptive_field: usize,
+    ) -> [Vec<f32>; 3] {
+        let placement = Placement {
+            centre: centre.map(|c| c as f64),
+            matrix: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            identity: true,
+            intensity_scale: 1.0,
+            intensity_shift: 0.0,
+        };
+        let mut patches: [Vec<f32>; 3] = Default::default();
+        for o in Orientation::ALL {
+            cut_patches(
+                volume,
+                &placement,
+                k,
+                receptive_field,
+                o,
+                &mut patches[o.index()],
+            );
+        }
+        patches
+    }
+
+    /// A volume and a voxel of `class` (0 background, i the task's i-th class). A class
+    /// absent from every volume falls back to background.
+    fn draw_voxel<'a>(
+        &mut self,
+        volumes: &[&'a TrainingVolume],
+        class: usize,
+    ) -> (&'a TrainingVolume, [usize; 3]) {
+        if class > 0 {
+            let with: Vec<&&TrainingVolume> = volumes
+                .iter()
+                .filter(|v| !v.class_voxels[class - 1].is_empty())
+                .collect();
+            if !with.is_empty() {
+                let v = with[self.rng.random_range(0..with.len())];
+                let list = &v.class_voxels[class - 1];
+                let index = list[self.rng.random_range(0..list.len())] as usize;
+                return (v, coords(v, index));
+            }
+        }
+        let v = volumes[self.rng.random_range(0..volumes.len())];
+        let len = v.labels.len();
+        let mut index = self.rng.random_range(0..len);
+        for _ in 0..1000 {
+            if v.labels[index] == 0 {
+                break;
+            }
+            index = self.rng.random_range(0..len);
+        }
+        (v, coords(v, index))
+    }
+
+    fn placement(
+        &mut self,
+        volume: &TrainingVolume,
+        centre: [usize; 3],
+        config: &TrainConfig,
+    ) -> Placement {
+        let mut angle =
+            || (self.rng.random::<f64>() * 2.0 - 1.0) * config.rotation_degrees.to_radians();
+        let (a, b, c) = (angle(), angle(), angle());
+        let scale = 1.0 + (self.rng.random::<f64>() * 2.0 - 1.0) * config.scaling;
+        let flip = config.flip_left_right && self.rng.random::<bool>();
+        let jitter = config.intensity_jitter as f32;
+        let intensity_scale = 1.0 + (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
+        let intensity_shift = (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
+        let identity = a == 0.0 && b == 0.0 && c == 0.0 && scale == 1.0 && !flip;
+        // Rotate and scale in millimetres, then back to voxel units: S^-1 R s F S.
+        let rot = rotation(a, b, c);
+        let sp = volume.spacing;
+        let mut matrix = [[0.0; 3]; 3];
+        for (r, row) in matrix.iter_mut().enumerate() {
+            for (col, value) in row.iter_mut().enumerate() {
+                let f = if flip && col == 0 { -1.0 } else { 1.0 };
+                *value = rot[r][col] * scale * f * sp[col] / sp[r];
+            }
+        }
+        Placement {
+            centre: centre.map(|c| c as f64),
+            matrix,
+            identity,
+            intensity_scale,
+            intensity_shift,
+        }
+    }
+}
+
+fn coords(v: &TrainingVolume, index: usize) -> [usize; 3] {
+    let x = index % v.shape[0];
+    let rest = index / v.shape[0];
+    [x, rest % v.shape[1], rest / v.shape[1]]
+}
+
+fn rotation(a: f64, b: f64, c: f64) -> [[f64; 3]; 3] {
+    let (sa, ca, sb, cb, sc, cc) = (a.sin(), a.cos(), b.sin(), b.cos(), c.sin(), c.cos());
+    // Rz(c) * Ry(b) * Rx(a)
+    [
+        [cc * cb, cc * sb * sa - sc * ca, cc * sb * ca + sc * sa],
+        [sc * cb, sc * sb * sa + cc * ca, sc * sb * ca - cc * sa],
+        [-sb, cb * sa, cb * ca],
+    ]
+}
+
+impl Placement {
+    fn position(&self, offset: [f64; 3]) -> [f64; 3] {
+        if self.identity {
+            return [0, 1, 2].map(|i| self.centre[i] + offset[i]);
+        }
+        let m = &self.matrix;
+        [0, 1, 2].map(|i| {
+            self.centre[i] + m[i][0] * offset[0] + m[i][1] * offset[1] + m[i][2] * offset[2]
+        })
+    }
+}
+
+/// Trilinear intensity at a voxel-space point; outside the volume counts as `pad`.
+fn intensity(v: &TrainingVolume, p: [f64; 3]) -> f32 {
+    let mut base = [0i64; 3];
+    let mut frac = [0f32; 3];
+    for i in 0..3 {
+        let f = p[i].floor();
+        base[i] = f as i64;
+        frac[i] = (p[i] - f) as f32;
+    }
+    if frac == [0.0; 3] {
+        return voxel(v, base);
+    }
+    let mut acc = 0.0;
+    for corner in 0..8 {
+        let mut w = 1.0;
+        let mut q = base;
+        for i in 0..3 {
+            if corner & (1 << i) != 0 {
+                q[i] += 1;
+                w *= frac[i];
+            } else {
+                w *= 1.0 - frac[i];
+            }
+        }
+        if w > 0.0 {
+            acc += w * voxel(v, q);
+        }
+    }
+    acc
+}
+
+fn voxel(v: &TrainingVolume, q: [i64; 3]) -> f32 {
+    if (0..3).any(|i| q[i] < 0 || q[i] >= v.shape[i] as i64) {
+        return v.pad;
+    }
+    v.image[v.index(q[0] as usize, q[1] as usize, q[2] as usize)]
+}
+
+fn nearest_label(v: &TrainingVolume, p: [f64; 3]) -> u16 {
+    let q = p.map(|c| c.round() as i64);
+    if (0..3).any(|i| q[i] < 0 || q[i] >= v.shape[i] as i64) {
+        return 0;
+    }
+    v.labels[v.index(q[0] as usize, q[1] as usize, q[2] as usize)]
+}
+
+/// Appends the k patches of one orientation of a cube.
+fn cut_patches(
+    v: &TrainingVolume,
+    placement: &Placement,
+    k: usize,
+    receptive_field: usize,
+    o: Orientation,
+    out: &mut Vec<f32>,
+) {
+    let half = (k / 2) as f64;
+    let radius = ((receptive_field - 1) / 2) as f64;
+    let side = receptive_field + k - 1;
+    let normal = o.normal_axis();
+    let (rows, cols) = o.plane_axes();
+    for s in 0..k {
+        for u in 0..side {
+            for w in 0..side {
+                let mut offset = [0.0; 3];
+                offset[normal] = s as f64 - half;
+                offset[rows] = u as f64 - radius - half;
+                offset[cols] = w as f64 - radius - half;
+                let value = intensity(v, placement.position(offset));
+                out.push(value * placement.intensity_scale + placement.intensity_shift);
+            }
+        }
+    }
+}
+
+/// Appends one cube's patches, targets and labels to the batch.
+fn cut_cube(
+    v: &TrainingVolume,
+    placement: &Placement,
+    k: usize,
+    receptive_field: usize,
+    layout: &OutputLayout,
+    batch: &mut Batch,
+) {
+    for o in Orientation::ALL {
+        cut_patches(
+            v,
+            placement,
+            k,
+            receptive_field,
+            o,
+            &mut batch.patches[o.index()],
+        );
+    }
+    let half = (k / 2) as f64;
+    for x in 0..k {
+        for y in 0..k {
+            for z in 0..k {
+                let offset = [x as f64 - half, y as f64 - half, z as f64 - half];
+                let label = nearest_label(v, placement.position(offset));
+                batch.labels.push(label);
+                batch.targets.push(layout.target(v.task, label) as i64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

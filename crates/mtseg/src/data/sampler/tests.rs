@@ -1,0 +1,128 @@
+use super::*;
+use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
+use crate::model::{OutputMode, TrainConfig};
+
+/// Two tasks: task 0 with classes 1 (10% of voxels) and 2 (one voxel), task 1 with class 3.
+fn setup() -> (Vec<TrainingVolume>, OutputLayout) {
+    let shape = [12, 12, 12];
+    let n = 12 * 12 * 12;
+    let volume = |task: usize, labels: Vec<u16>| {
+        let classes: Vec<u16> = if task == 0 { vec![1, 2] } else { vec![3] };
+        let class_voxels = classes
+            .iter()
+            .map(|&c| (0..n as u32).filter(|&i| labels[i as usize] == c).collect())
+            .collect();
+        TrainingVolume {
+            case: format!("t{task}"),
+            task,
+            shape,
+            spacing: [1.0; 3],
+            image: (0..n).map(|i| i as f32).collect(),
+            labels,
+            pad: -1.0,
+            class_voxels,
+        }
+    };
+    let mut a = vec![0u16; n];
+    (0..n).filter(|i| i % 10 == 0).for_each(|i| a[i] = 1);
+    a[5 * 144 + 5 * 12 + 5] = 2;
+    let mut b = vec![0u16; n];
+    (0..n).filter(|i| i % 3 == 0).for_each(|i| b[i] = 3);
+    let task = |name: &str| TaskInfo {
+        name: name.into(),
+        modality: Modality::MR,
+    };
+    let space = LabelSpace {
+        tasks: vec![task("A"), task("B")],
+        classes: vec![
+            ClassInfo {
+                task: 0,
+                name: "a1".into(),
+                dataset_id: 1,
+            },
+            ClassInfo {
+                task: 0,
+                name: "a2".into(),
+                dataset_id: 2,
+            },
+            ClassInfo {
+                task: 1,
+                name: "b1".into(),
+                dataset_id: 1,
+            },
+        ],
+    };
+    (
+        vec![volume(0, a), volume(1, b)],
+        OutputLayout::new(&space, OutputMode::Union),
+    )
+}
+
+#[test]
+fn batches_are_balanced_over_tasks_and_classes() {
+    let (volumes, layout) = setup();
+    let config = TrainConfig::new()
+        .with_tile(1)
+        .with_samples_per_task(6)
+        .with_rotation_degrees(0.0)
+        .with_scaling(0.0);
+    let mut sampler = BalancedSampler::new(3);
+    let mut counts = [[0usize; 3]; 2];
+    for _ in 0..50 {
+        let batch = sampler.next_batch(&volumes, 2, &[2, 1], 3, &config, &layout);
+        assert_eq!(batch.tasks, vec![0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
+        for (cube, (&t, &c)) in batch.tasks.iter().zip(&batch.centre_classes).enumerate() {
+            counts[t][c] += 1;
+            // With tile 1 and no augmentation, the target is the drawn class.
+            let joint = batch.labels[cube];
+            let expected = if c == 0 {
+                0
+            } else {
+                layout.groups[t][c] as u16
+            };
+            assert_eq!(joint, expected);
+        }
+    }
+    // Task 0: 6 samples over 3 classes -> exactly 2 each per batch; task 1: 3 each.
+    assert_eq!(counts[0], [100, 100, 100]);
+    assert_eq!(counts[1][0], 150);
+    assert_eq!(counts[1][1], 150);
+}
+
+#[test]
+fn identity_patches_are_the_volume_around_the_centre() {
+    let (volumes, layout) = setup();
+    let config = TrainConfig::new()
+        .with_tile(2)
+        .with_samples_per_task(3)
+        .with_rotation_degrees(0.0)
+        .with_scaling(0.0)
+        .with_intensity_jitter(0.0);
+    let mut sampler = BalancedSampler::new(1);
+    let rf = 3;
+    let batch = sampler.next_batch(&volumes[..1], 1, &[2], rf, &config, &layout);
+    let side = batch.patch_side;
+    assert_eq!(side, 4);
+    assert_eq!(batch.patches[0].len(), 3 * 2 * side * side);
+    // The cube drawn for class 2 is centred on its only voxel, (5, 5, 5); with k = 2 the
+    // centre is cube voxel (1, 1, 1): slice 1 of each orientation, patch row and column 2.
+    let cube = batch.centre_classes.iter().position(|&c| c == 2).unwrap();
+    let v = &volumes[0];
+    let at = |o: usize, slice: usize, row: usize, col: usize| {
+        batch.patches[o][((cube * 2 + slice) * side + row) * side + col]
+    };
+    assert_eq!(at(0, 1, 2, 2), v.image[v.index(5, 5, 5)]);
+    // Axial: rows x, columns y.
+    assert_eq!(at(0, 1, 3, 2), v.image[v.index(6, 5, 5)]);
+    assert_eq!(at(0, 1, 2, 3), v.image[v.index(5, 6, 5)]);
+    assert_eq!(at(0, 0, 2, 2), v.image[v.index(5, 5, 4)]);
+    // Coronal: slices along y, rows x, columns z.
+    assert_eq!(at(1, 1, 2, 3), v.image[v.index(5, 5, 6)]);
+    assert_eq!(at(1, 0, 2, 2), v.image[v.index(5, 4, 5)]);
+    // Sagittal: slices along x, rows y, columns z.
+    assert_eq!(at(2, 1, 3, 2), v.image[v.index(5, 6, 5)]);
+    assert_eq!(at(2, 0, 2, 2), v.image[v.index(4, 5, 5)]);
+    // Cube voxel (1, 1, 1) carries the centre's label, (0, 0, 0) that of (4, 4, 4).
+    assert_eq!(batch.labels[cube * 8 + 7], 2);
+    assert_eq!(batch.labels[cube * 8], v.labels[v.index(4, 4, 4)]);
+}

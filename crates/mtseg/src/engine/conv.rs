@@ -1,0 +1,316 @@
+//! 3x3 convolution without padding on channels-last images (`h x w x c`, row-major), as
+//! three matrix products and no im2col copy.
+//!
+//! Output pixel p = y * w + x (over the input's full width) reads input pixels
+//! p + dy * w + dx. For a fixed dy, the three dx taps of all channels of pixel p are the
+//! 3 * ci consecutive values starting at input pixel p + dy * w: the input seen with a row
+//! stride of ci is a (rows x 3ci) matrix whose rows overlap. So
+//! `out = sum over dy of X_dy (m x 3ci) * W_dy (3ci x co)`, with m = (h - 2) * w - 2 rows
+//! (the last two columns of each row are not valid outputs and are dropped when the result
+//! is compacted to (w - 2) columns).
+
+use super::matmul::{View, matmul};
+
+/// Weights as `[dy][dx][ci][co]`: three row-major (3ci x co) matrices, one per dy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv3x3 {
+    pub ci: usize,
+    pub co: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Conv3x3 {
+    /// From burn's layout `[co][ci][ky][kx]`.
+    pub fn from_oihw(ci: usize, co: usize, oihw: &[f32], bias: Vec<f32>) -> Self {
+        let mut weight = vec![0f32; 9 * ci * co];
+        for o in 0..co {
+            for i in 0..ci {
+                for dy in 0..3 {
+                    for dx in 0..3 {
+                        weight[((dy * 3 + dx) * ci + i) * co + o] =
+                            oihw[((o * ci + i) * 3 + dy) * 3 + dx];
+                    }
+                }
+            }
+        }
+        Conv3x3 {
+            ci,
+            co,
+            weight,
+            bias,
+        }
+    }
+
+    /// Weights back in burn's layout `[co][ci][ky][kx]`.
+    pub fn to_oihw(&self, weight: &[f32]) -> Vec<f32> {
+        let (ci, co) = (self.ci, self.co);
+        let mut out = vec![0f32; 9 * ci * co];
+        for o in 0..co {
+            for i in 0..ci {
+                for dy in 0..3 {
+                    for dx in 0..3 {
+                        out[((o * ci + i) * 3 + dy) * 3 + dx] =
+                            weight[((dy * 3 + dx) * ci + i) * co + o];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn tap_rows(&self) -> usize {
+        3 * self.ci
+    }
+}
+
+/// Rows of the full-width product for an `h x w` input.
+fn full_rows(h: usize, w: usize) -> usize {
+    (h - 2) * w - 2
+}
+
+/// Convolves one image: `x` is `h x w x ci`, `out` receives `(h-2) x (w-2) x co`. Each
+/// output pixel's `co` values (bias added) then go through `epilogue`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_image(
+    conv: &Conv3x3,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+    threads: usize,
+    epilogue: &impl Fn(&mut [f32]),
+) {
+    assert!(
+        h >= 3 && w >= 3,
+        "a 3x3 valid convolution needs at least 3x3 pixels"
+    );
+    let (ci, co) = (conv.ci, conv.co);
+    let m = full_rows(h, w);
+    scratch.clear();
+    scratch.resize(m * co, 0.0);
+    let k = conv.tap_rows();
+    for dy in 0..3 {
+        matmul(
+            m,
+            co,
+            k,
+            scratch,
+            View::rows(0, co),
+            dy > 0,
+            x,
+            View::rows(dy * w * ci, ci),
+            &conv.weight,
+            View::rows(dy * k * co, co),
+            threads,
+        );
+    }
+    let (ho, wo) = (h - 2, w - 2);
+    for y in 0..ho {
+        for xo in 0..wo {
+            let src = &scratch[(y * w + xo) * co..][..co];
+            let dst = &mut out[(y * wo + xo) * co..][..co];
+            for ((d, s), b) in dst.iter_mut().zip(src).zip(&conv.bias) {
+                *d = s + b;
+            }
+            epilogue(dst);
+        }
+    }
+}
+
+/// Gradients of one image: given `dz` (`(h-2) x (w-2) x co`, the loss gradient at the
+/// convolution's output), adds the weight and bias gradients to `dw`, `db`, and writes the
+/// input gradient to `dx` when asked.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_image(
+    conv: &Conv3x3,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    dz: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<&mut [f32]>,
+    scratch: &mut Vec<f32>,
+) {
+    let (ci, co) = (conv.ci, conv.co);
+    let (ho, wo) = (h - 2, w - 2);
+    let m = full_rows(h, w);
+    let k = conv.tap_rows();
+    // dz over the full width, zero in the columns that are not outputs.
+    let mut full = vec![0f32; m * co];
+    for y in 0..ho {
+        for xo in 0..wo {
+            let src = &dz[(y * wo + xo) * co..][..co];
+            full[(y * w + xo) * co..][..co].copy_from_slice(src);
+            for (b, g) in db.iter_mut().zip(src) {
+                *b += g;
+            }
+        }
+    }
+    for dy in 0..3 {
+        // dW_dy (3ci x co) += X_dy^T (3ci x m) * dz (m x co)
+        matmul(
+            k,
+            co,
+            m,
+            dw,
+            View::rows(dy * k * co, co),
+            true,
+            x,
+            View::transposed(dy * w * ci, ci),
+            &full,
+            View::rows(0, co),
+            1,
+        );
+    }
+    if let Some(dx) = dx {
+        dx.fill(0.0);
+        scratch.clear();
+        scratch.resize(m * k, 0.0);
+        for dy in 0..3 {
+            // G (m x 3ci) = dz (m x co) * W_dy^T (co x 3ci), then overlap-add into dx.
+            matmul(
+                m,
+                k,
+                co,
+                scratch,
+                View::rows(0, k),
+                false,
+                &full,
+                View::rows(0, co),
+                &conv.weight,
+                View::transposed(dy * k * co, co),
+                1,
+            );
+            for p in 0..m {
+                let dst = &mut dx[(p + dy * w) * ci..][..k];
+                for (d, g) in dst.iter_mut().zip(&scratch[p * k..][..k]) {
+                    *d += g;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution, for reference.
+    fn reference(conv: &Conv3x3, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let (ci, co) = (conv.ci, conv.co);
+        let mut out = vec![0f32; (h - 2) * (w - 2) * co];
+        for y in 0..h - 2 {
+            for xo in 0..w - 2 {
+                for o in 0..co {
+                    let mut acc = conv.bias[o];
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            for i in 0..ci {
+                                acc += x[((y + dy) * w + xo + dx) * ci + i]
+                                    * conv.weight[((dy * 3 + dx) * ci + i) * co + o];
+                            }
+                        }
+                    }
+                    out[((y * (w - 2)) + xo) * co + o] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    fn conv(ci: usize, co: usize) -> Conv3x3 {
+        Conv3x3 {
+            ci,
+            co,
+            weight: (0..9 * ci * co)
+                .map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.5)
+                .collect(),
+            bias: (0..co).map(|i| i as f32 * 0.1).collect(),
+        }
+    }
+
+    #[test]
+    fn forward_matches_direct_convolution() {
+        for (ci, co, h, w) in [(1, 4, 5, 6), (3, 2, 7, 4), (4, 5, 3, 3)] {
+            let c = conv(ci, co);
+            let x: Vec<f32> = (0..h * w * ci)
+                .map(|i| ((i * 31) % 17) as f32 / 17.0)
+                .collect();
+            let mut out = vec![0f32; (h - 2) * (w - 2) * co];
+            forward_image(&c, &x, h, w, &mut out, &mut Vec::new(), 1, &|_| {});
+            let expected = reference(&c, &x, h, w);
+            for (a, b) in out.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn layout_round_trips_through_burns_order() {
+        let c = conv(3, 2);
+        let oihw = c.to_oihw(&c.weight);
+        assert_eq!(Conv3x3::from_oihw(3, 2, &oihw, c.bias.clone()), c);
+    }
+
+    /// Gradients against finite differences of sum(out * g).
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (ci, co, h, w) = (2, 3, 6, 5);
+        let c = conv(ci, co);
+        let x: Vec<f32> = (0..h * w * ci)
+            .map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.3)
+            .collect();
+        let g: Vec<f32> = (0..(h - 2) * (w - 2) * co)
+            .map(|i| ((i * 11) % 5) as f32 - 2.0)
+            .collect();
+        let objective = |c: &Conv3x3, x: &[f32]| -> f64 {
+            reference(c, x, h, w)
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum()
+        };
+        let mut dw = vec![0f32; c.weight.len()];
+        let mut db = vec![0f32; co];
+        let mut dx = vec![0f32; x.len()];
+        backward_image(
+            &c,
+            &x,
+            h,
+            w,
+            &g,
+            &mut dw,
+            &mut db,
+            Some(&mut dx),
+            &mut Vec::new(),
+        );
+        let eps = 1e-2;
+        for i in [0, 5, x.len() - 1, x.len() / 2] {
+            let (mut p, mut q) = (x.clone(), x.clone());
+            p[i] += eps;
+            q[i] -= eps;
+            let numeric = (objective(&c, &p) - objective(&c, &q)) / (2.0 * eps as f64);
+            assert!(
+                (numeric - dx[i] as f64).abs() < 1e-2,
+                "dx[{i}] {} vs {numeric}",
+                dx[i]
+            );
+        }
+        for i in [0, 7, c.weight.len() - 1] {
+            let (mut p, mut q) = (c.clone(), c.clone());
+            p.weight[i] += eps;
+            q.weight[i] -= eps;
+            let numeric = (objective(&p, &x) - objective(&q, &x)) / (2.0 * eps as f64);
+            assert!(
+                (numeric - dw[i] as f64).abs() < 1e-2,
+                "dw[{i}] {} vs {numeric}",
+                dw[i]
+            );
+        }
+        let total: f32 = g.chunks(co).map(|px| px[1]).sum();
+        assert!((db[1] - total).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,18 @@
+//! mtseg's own CPU kernels for the triplanar network: forward and backward for training,
+//! and fused, batch-norm-folded inference, on the `gemm` crate with rayon. The burn network
+//! holds the weights and is the reference the kernels are tested against; on the CPU these
+//! kernels are the one path users run.
+
+pub mod activation;
+pub mod conv;
+pub mod matmul;
+pub mod network;
+pub mod params;
+pub mod train;
+
+pub use network::{CpuNetwork, FoldedNetwork};
+pub use params::{ParamStore, write_values};
+pub use train::{StepOutput, train_step};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,273 @@
+//! The CPU kernels against burn: same outputs in inference, same loss, gradients and
+//! running statistics in training.
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use super::*;
+use crate::data::{BalancedSampler, TrainingVolume};
+use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
+use crate::infer::{BurnEngine, Engine};
+use crate::model::file::FORMAT_VERSION;
+use crate::model::{
+    self, ModelMeta, NetworkConfig, Orientation, OutputLayout, OutputMode, TaskMeta, TrainConfig,
+    TriplanarNet,
+};
+use crate::preprocess::{Normalization, Preprocessing};
+
+fn meta(network: NetworkConfig) -> ModelMeta {
+    let space = LabelSpace {
+        tasks: vec![
+            TaskInfo {
+                name: "A".into(),
+                modality: Modality::MR,
+            },
+            TaskInfo {
+                name: "B".into(),
+                modality: Modality::CT,
+            },
+        ],
+        classes: vec![
+            ClassInfo {
+                task: 0,
+                name: "a1".into(),
+                dataset_id: 1,
+            },
+            ClassInfo {
+                task: 0,
+                name: "a2".into(),
+                dataset_id: 2,
+            },
+            ClassInfo {
+                task: 1,
+                name: "b".into(),
+                dataset_id: 1,
+            },
+        ],
+    };
+    let layout = OutputLayout::new(&space, network.output_mode);
+    ModelMeta {
+        format_version: FORMAT_VERSION,
+        written_by: "test".into(),
+        network,
+        training: TrainConfig::new(),
+        tasks: space
+            .tasks
+            .iter()
+            .map(|t| TaskMeta {
+                name: t.name.clone(),
+                modality: t.modality,
+                classes: vec![],
+                preprocessing: Preprocessing {
+                    target_spacing: [1.0; 3],
+                    normalization: Normalization::MrRobustZ,
+                },
+            })
+            .collect(),
+        label_space: space,
+        layout,
+        iterations: 0,
+        validation_dice: None,
+    }
+}
+
+/// A network whose batch-norm running statistics are not the initial 0 and 1.
+fn network(m: &ModelMeta, seed: u64) -> TriplanarNet {
+    let device = Device::flex().autodiff();
+    let net = model::init_network(m, seed, &device);
+    for _ in 0..2 {
+        for o in Orientation::ALL {
+            let side = 2 * m.network.depth + 4;
+            let x =
+                Tensor::<4>::random([2, 1, side, side], Distribution::Normal(0.3, 1.5), &device);
+            let _ = net.branch(o).forward(x);
+        }
+    }
+    net.valid()
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn inference_matches_burn_to_1e_4() {
+    for network_config in [
+        NetworkConfig::new()
+            .with_depth(3)
+            .with_kernels(5)
+            .with_fc_width(12),
+        NetworkConfig::new()
+            .with_depth(8)
+            .with_kernels(16)
+            .with_fc_width(64)
+            .with_output_mode(OutputMode::PerTask),
+    ] {
+        let m = meta(network_config);
+        let net = network(&m, 11);
+        let burn = BurnEngine {
+            net: &net,
+            device: Device::flex(),
+        };
+        let ours = FoldedNetwork::from_burn(&net);
+        let (n, h, w) = (3, 2 * m.network.depth + 7, 2 * m.network.depth + 4);
+        let slices: Vec<f32> = (0..n * h * w)
+            .map(|i| ((i * 7919) % 211) as f32 / 60.0 - 1.5)
+            .collect();
+        for o in Orientation::ALL {
+            let a = burn.branch(o, slices.clone(), n, h, w);
+            let b = ours.branch(o, slices.clone(), n, h, w);
+            assert!(
+                max_difference(&a, &b) < 1e-4,
+                "branch {o:?}: {}",
+                max_difference(&a, &b)
+            );
+        }
+        let features: Vec<f32> = (0..50 * 3 * m.network.kernels)
+            .map(|i| ((i * 31) % 97) as f32 / 40.0 - 1.0)
+            .collect();
+        let (la, ta) = burn.head(features.clone(), 50);
+        let (lb, tb) = ours.head(features, 50);
+        assert!(max_difference(&la, &lb) < 1e-4);
+        assert!(max_difference(&ta, &tb) < 1e-4);
+        assert_eq!(ta.is_empty(), m.network.output_mode == OutputMode::Union);
+    }
+}
+
+fn volume(task: usize, seed: usize) -> TrainingVolume {
+    let shape = [14, 13, 12];
+    let n: usize = shape.iter().product();
+    let labels: Vec<u16> = (0..n)
+        .map(|i| match (task, (i * 13 + seed) % 7) {
+            (0, 0) => 1,
+            (0, 1) => 2,
+            (1, 0 | 1 | 2) => 3,
+            _ => 0,
+        })
+        .collect();
+    let classes: Vec<u16> = if task == 0 { vec![1, 2] } else { vec![3] };
+    TrainingVolume {
+        case: format!("{task}"),
+        task,
+        shape,
+        spacing: [1.0; 3],
+        image: (0..n)
+            .map(|i| ((i * 2654435761 + seed) % 1000) as f32 / 300.0 - 1.5 + labels[i] as f32)
+            .collect(),
+        class_voxels: classes
+            .iter()
+            .map(|&c| (0..n as u32).filter(|&i| labels[i as usize] == c).collect())
+            .collect(),
+        labels,
+        pad: -2.0,
+    }
+}
+
+/// burn's autodiff gradients of the same loss on the same batch.
+fn burn_gradients(
+    net: &TriplanarNet,
+    m: &ModelMeta,
+    batch: &crate::data::Batch,
+    config: &TrainConfig,
+) -> (f64, std::collections::BTreeMap<String, Vec<f32>>) {
+    let device = Device::flex().autodiff();
+    let net = net.clone().train();
+    let net = model::network_from_bytes(
+        m,
+        &model::weights_to_bytes(&net).unwrap(),
+        &device,
+        std::path::Path::new("t"),
+    )
+    .unwrap();
+    let side = batch.patch_side;
+    let n = batch.cubes * batch.tile;
+    let patches = batch
+        .patches
+        .clone()
+        .map(|p| Tensor::<4>::from_data(TensorData::new(p, [n, 1, side, side]), &device));
+    let out = net.forward_cubes(patches, batch.cubes, batch.tile);
+    let loss = crate::train::loss::batch_loss(out, batch, &m.layout, config, &device);
+    let grads = loss.backward();
+    let value = loss.into_scalar::<f32>() as f64;
+    let grads = GradientsParams::from_grads(grads, &net);
+    let read = ParamStore::read(&net);
+    let mut out = std::collections::BTreeMap::new();
+    for (path, p) in &read.tensors {
+        if path.contains("running") {
+            continue;
+        }
+        let g = match p.shape.len() {
+            1 => grads
+                .get::<1>(p.id)
+                .map(|t| t.into_data().try_into_vec::<f32>().unwrap()),
+            4 => grads
+                .get::<4>(p.id)
+                .map(|t| t.into_data().try_into_vec::<f32>().unwrap()),
+            _ => None,
+        };
+        out.insert(path.clone(), g.unwrap_or_else(|| vec![0.0; p.values.len()]));
+    }
+    (value, out)
+}
+
+#[test]
+fn training_gradients_match_burn_autodiff() {
+    for (mode, weighted) in [(OutputMode::Union, false), (OutputMode::PerTask, true)] {
+        let m = meta(
+            NetworkConfig::new()
+                .with_depth(2)
+                .with_kernels(3)
+                .with_fc_width(6)
+                .with_dropout(0.0)
+                .with_output_mode(mode),
+        );
+        let net = network(&m, 5);
+        let volumes = vec![volume(0, 1), volume(1, 2)];
+        let config = TrainConfig::new()
+            .with_tile(3)
+            .with_samples_per_task(2)
+            .with_class_weighted(weighted);
+        let batch = BalancedSampler::new(9).next_batch(
+            &volumes,
+            2,
+            &[2, 1],
+            m.network.patch_size(),
+            &config,
+            &m.layout,
+        );
+        let (burn_loss, burn_grads) = burn_gradients(&net, &m, &batch, &config);
+        let ours = train_step(
+            &CpuNetwork::from_burn(&net, 0.0),
+            &batch,
+            &m.layout,
+            &config,
+            1,
+        );
+        assert!(
+            (ours.loss - burn_loss).abs() < 1e-4 * burn_loss.abs().max(1.0),
+            "loss {} vs {burn_loss}",
+            ours.loss
+        );
+        for (path, expected) in &burn_grads {
+            let got = ours
+                .gradients
+                .get(path)
+                .unwrap_or_else(|| panic!("no gradient for {path}"));
+            let scale = expected.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+            let diff = max_difference(got, expected);
+            assert!(
+                diff < 2e-3 * scale,
+                "{mode:?} {path}: max difference {diff} (scale {scale})"
+            );
+        }
+        assert!(
+            ours.running
+                .contains_key("branches.2.layers.1.norm.running_var")
+        );
+    }
+}

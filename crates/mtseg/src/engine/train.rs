@@ -1,0 +1,596 @@
+//! One training step on the CPU kernels: forward with batch statistics and dropout, the loss
+//! of [`crate::train::loss`] (same definition), and the backward pass, giving the gradient of
+//! every parameter in burn's layout and the updated batch-norm running statistics.
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::activation::{elu, elu_derivative_from_output};
+use super::conv::{backward_image, forward_image};
+use super::matmul::{View, matmul};
+use super::network::{CpuNetwork, Dense};
+use crate::data::Batch;
+use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig};
+
+/// Batch-norm running statistics move this far towards each batch's (as in burn).
+const MOMENTUM: f32 = 0.1;
+
+/// What a step produces: the loss, the gradient of every parameter (burn's layout, keyed by
+/// module path) and the new running statistics (keyed likewise).
+pub struct StepOutput {
+    pub loss: f64,
+    pub gradients: BTreeMap<String, Vec<f32>>,
+    pub running: BTreeMap<String, Vec<f32>>,
+}
+
+/// Saved activations of one branch layer.
+struct LayerCache {
+    /// Normalised convolution output (n x h x w x K).
+    normalised: Vec<f32>,
+    /// The layer's output after ELU (the next layer's input).
+    output: Vec<f32>,
+    inv_std: Vec<f32>,
+    h: usize,
+    w: usize,
+}
+
+/// Forward of one branch in training mode.
+fn branch_forward(
+    layers: &[super::network::BranchLayer],
+    input: &[f32],
+    n: usize,
+    side: usize,
+    running: &mut BTreeMap<String, Vec<f32>>,
+    prefix: &str,
+) -> Vec<LayerCache> {
+    let mut caches: Vec<LayerCache> = Vec::with_capacity(layers.len());
+    let (mut h, mut w) = (side, side);
+    for (l, layer) in layers.iter().enumerate() {
+        let x: &[f32] = caches.last().map_or(input, |c| &c.output);
+        let co = layer.conv.co;
+        let (ho, wo) = (h - 2, w - 2);
+        let in_size = h * w * layer.conv.ci;
+        let out_size = ho * wo * co;
+        let mut z = vec![0f32; n * out_size];
+        z.par_chunks_mut(out_size)
+            .zip(x.par_chunks(in_size))
+            .for_each_init(Vec::new, |scratch, (out, image)| {
+                forward_image(&layer.conv, image, h, w, out, scratch, 1, &|_| {});
+            });
+        let count = (n * ho * wo) as f64;
+        let (sum, sum2) = channel_sums(&z, co);
+        let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
+        let var: Vec<f32> = sum2
+            .iter()
+            .zip(&mean)
+            .map(|(s2, m)| ((s2 / count) as f32 - m * m).max(0.0))
+            .collect();
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|v| 1.0 / (v + layer.epsilon).sqrt())
+            .collect();
+        let mut output = vec![0f32; z.len()];
+        z.par_chunks_mut(co * 1024)
+            .zip(output.par_chunks_mut(co * 1024))
+            .for_each(|(zs, os)| {
+                for (zp, op) in zs.chunks_mut(co).zip(os.chunks_mut(co)) {
+                    for c in 0..co {
+                        let xh = (zp[c] - mean[c]) * inv_std[c];
+                        zp[c] = xh;
+                        op[c] = elu(layer.gamma[c] * xh + layer.beta[c]);
+                    }
+                }
+            });
+        let p = format!("{prefix}.layers.{l}.norm");
+        let blend = |old: &[f32], new: &[f32]| -> Vec<f32> {
+            old.iter()
+                .zip(new)
+                .map(|(o, v)| (1.0 - MOMENTUM) * o + MOMENTUM * v)
+                .collect()
+        };
+        running.insert(
+            format!("{p}.running_mean"),
+            blend(&layer.running_mean, &mean),
+        );
+        running.insert(format!("{p}.running_var"), blend(&layer.running_var, &var));
+        caches.push(LayerCache {
+            normalised: z,
+            output,
+            inv_std,
+            h: ho,
+            w: wo,
+        });
+        h = ho;
+        w = wo;
+    }
+    caches
+}
+
+/// Per-channel sum and sum of squares (f64) of channels-last values.
+fn channel_sums(values: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>) {
+    values
+        .par_chunks(channels * 4096)
+        .map(|part| {
+            let mut s = vec![0f64; channels];
+            let mut s2 = vec![0f64; channels];
+            for px in part.chunks(channels) {
+                for c in 0..channels {
+                    let v = px[c] as f64;
+                    s[c] += v;
+                    s2[c] += v * v;
+                }
+            }
+            (s, s2)
+        })
+        .reduce(
+            || (vec![0f64; channels], vec![0f64; channels]),
+            |(mut a, mut a2), (b, b2)| {
+                for c in 0..channels {
+                    a[c] += b[c];
+                    a2[c] += b2[c];
+                }
+                (a, a2)
+            },
+        )
+}
+
+/// Backward of one branch: `d_output` is the gradient at the last layer's output.
+#[allow(clippy::too_many_arguments)]
+fn branch_backward(
+    layers: &[super::network::BranchLayer],
+    input: &[f32],
+    caches: &[LayerCache],
+    n: usize,
+    side: usize,
+    mut d_output: Vec<f32>,
+    gradients: &mut BTreeMap<String, Vec<f32>>,
+    prefix: &str,
+) {
+    for l in (0..layers.len()).rev() {
+        let layer = &layers[l];
+        let cache = &caches[l];
+        let co = layer.conv.co;
+        let (h, w) = if l == 0 {
+            (side, side)
+        } else {
+            (caches[l - 1].h, caches[l - 1].w)
+        };
+        let x: &[f32] = if l == 0 { input } else { &caches[l - 1].output };
+        // Through ELU: dY = dA * ELU'(Y), read from the stored output.
+        d_output
+            .par_iter_mut()
+            .zip(cache.output.par_iter())
+            .for_each(|(d, a)| *d *= elu_derivative_from_output(*a));
+        // Batch norm with batch statistics.
+        let count = (n * cache.h * cache.w) as f64;
+        let (sum_dy, sum_dy_xh) = d_output
+            .par_chunks(co * 4096)
+            .zip(cache.normalised.par_chunks(co * 4096))
+            .map(|(d, xh)| {
+                let mut s = vec![0f64; co];
+                let mut sx = vec![0f64; co];
+                for (dp, xp) in d.chunks(co).zip(xh.chunks(co)) {
+                    for c in 0..co {
+                        s[c] += dp[c] as f64;
+                        sx[c] += (dp[c] * xp[c]) as f64;
+                    }
+                }
+                (s, sx)
+            })
+            .reduce(
+                || (vec![0f64; co], vec![0f64; co]),
+                |(mut a, mut ax), (b, bx)| {
+                    for c in 0..co {
+                        a[c] += b[c];
+                        ax[c] += bx[c];
+                    }
+                    (a, ax)
+                },
+            );
+        let g = &layer.gamma;
+        let shift: Vec<f32> = (0..co)
+            .map(|c| (g[c] as f64 * sum_dy[c] / count) as f32)
+            .collect();
+        let slope: Vec<f32> = (0..co)
+            .map(|c| (g[c] as f64 * sum_dy_xh[c] / count) as f32)
+            .collect();
+        let inv_std = &cache.inv_std;
+        d_output
+            .par_chunks_mut(co * 1024)
+            .zip(cache.normalised.par_chunks(co * 1024))
+            .for_each(|(d, xh)| {
+                for (dp, xp) in d.chunks_mut(co).zip(xh.chunks(co)) {
+                    for c in 0..co {
+                        dp[c] = inv_std[c] * (g[c] * dp[c] - shift[c] - xp[c] * slope[c]);
+                    }
+                }
+            });
+        let p = format!("{prefix}.layers.{l}");
+        gradients.insert(
+            format!("{p}.norm.gamma"),
+            sum_dy_xh.iter().map(|v| *v as f32).collect(),
+        );
+        gradients.insert(
+            format!("{p}.norm.beta"),
+            sum_dy.iter().map(|v| *v as f32).collect(),
+        );
+        // Through the convolution, image by image.
+        let ci = layer.conv.ci;
+        let (in_size, out_size) = (h * w * ci, cache.h * cache.w * co);
+        let need_dx = l > 0;
+        let mut dx = if need_dx {
+            vec![0f32; n * in_size]
+        } else {
+            Vec::new()
+        };
+        let mut dx_parts: Vec<Option<&mut [f32]>> = if need_dx {
+            dx.chunks_mut(in_size).map(Some).collect()
+        } else {
+            (0..n).map(|_| None).collect()
+        };
+        let weight_len = layer.conv.weight.len();
+        let (dw, db) = d_output
+            .par_chunks(out_size)
+            .zip(x.par_chunks(in_size))
+            .zip(dx_parts.par_iter_mut())
+            .map(|((dz, image), dx)| {
+                let mut dw = vec![0f32; weight_len];
+                let mut db = vec![0f32; co];
+                backward_image(
+                    &layer.conv,
+                    image,
+                    h,
+                    w,
+                    dz,
+                    &mut dw,
+                    &mut db,
+                    dx.as_deref_mut(),
+                    &mut Vec::new(),
+                );
+                (dw, db)
+            })
+            .reduce(
+                || (vec![0f32; weight_len], vec![0f32; co]),
+                |(mut a, mut ab), (b, bb)| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    ab.iter_mut().zip(&bb).for_each(|(x, y)| *x += y);
+                    (a, ab)
+                },
+            );
+        gradients.insert(format!("{p}.conv.weight"), layer.conv.to_oihw(&dw));
+        gradients.insert(format!("{p}.conv.bias"), db);
+        drop(dx_parts);
+        d_output = dx;
+    }
+}
+
+/// Where cube voxel `v` (cube-major, then x, y, z) sits in each orientation's branch output
+/// (`patches x k x k x K`): the index of its K features, per orientation.
+fn feature_sources(cubes: usize, k: usize, kernels: usize) -> Vec<[usize; 3]> {
+    let mut out = Vec::with_capacity(cubes * k * k * k);
+    for b in 0..cubes {
+        for x in 0..k {
+            for y in 0..k {
+                for z in 0..k {
+                    // (patch along the normal axis, row, column) per orientation.
+                    let at = |patch: usize, row: usize, col: usize| {
+                        ((((b * k + patch) * k + row) * k) + col) * kernels
+                    };
+                    out.push([at(z, x, y), at(y, x, z), at(x, y, z)]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Dropout as burn applies it: zero with probability p, scale the rest by 1 / (1 - p).
+fn dropout_mask(len: usize, p: f32, rng: &mut ChaCha8Rng) -> Option<Vec<f32>> {
+    if p <= 0.0 {
+        return None;
+    }
+    let keep = 1.0 / (1.0 - p);
+    Some(
+        (0..len)
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect(),
+    )
+}
+
+/// `dW (out x in) = dY^T (out x n) * X (n x in)`, `db = column sums of dY`, and
+/// `dX (n x in) = dY (n x out) * W (out x in)` when asked.
+fn dense_backward(
+    layer: &Dense,
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    want_dx: bool,
+    threads: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (i, o) = (layer.inputs, layer.outputs);
+    let mut dw = vec![0f32; o * i];
+    matmul(
+        o,
+        i,
+        n,
+        &mut dw,
+        View::rows(0, i),
+        false,
+        dy,
+        View::transposed(0, o),
+        x,
+        View::rows(0, i),
+        threads,
+    );
+    let mut db = vec![0f32; o];
+    for row in dy.chunks(o) {
+        db.iter_mut().zip(row).for_each(|(b, g)| *b += g);
+    }
+    let mut dx = Vec::new();
+    if want_dx {
+        dx = vec![0f32; n * i];
+        matmul(
+            n,
+            i,
+            o,
+            &mut dx,
+            View::rows(0, i),
+            false,
+            dy,
+            View::rows(0, o),
+            &layer.weight,
+            View::rows(0, i),
+            threads,
+        );
+    }
+    (dw, db, dx)
+}
+
+/// Softmax cross-entropy over `channels` of one voxel's logits: returns the weighted loss and
+/// writes `weight * (softmax - onehot)` into `grad` at those channels.
+fn softmax_cross_entropy(
+    logits: &[f32],
+    channels: &[usize],
+    target: usize,
+    weight: f32,
+    grad: &mut [f32],
+) -> f64 {
+    let max = channels
+        .iter()
+        .map(|&c| logits[c])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = channels.iter().map(|&c| (logits[c] - max).exp()).sum();
+    for (position, &c) in channels.iter().enumerate() {
+        let p = (logits[c] - max).exp() / sum;
+        grad[c] = weight * (p - if position == target { 1.0 } else { 0.0 });
+    }
+    let picked = logits[channels[target]] - max;
+    (weight as f64) * ((sum as f64).ln() - picked as f64)
+}
+
+/// One training step of `net` on `batch`.
+pub fn train_step(
+    net: &CpuNetwork,
+    batch: &Batch,
+    layout: &OutputLayout,
+    config: &TrainConfig,
+    dropout_seed: u64,
+) -> StepOutput {
+    let threads = rayon::current_num_threads();
+    let (cubes, k, side) = (batch.cubes, batch.tile, batch.patch_side);
+    let n = cubes * k;
+    let kernels = net.kernels;
+    let voxels = batch.targets.len();
+    let mut running = BTreeMap::new();
+    let mut gradients = BTreeMap::new();
+
+    // Branches, then the per-voxel features.
+    let caches: Vec<Vec<LayerCache>> = Orientation::ALL
+        .iter()
+        .map(|o| {
+            let b = o.index();
+            branch_forward(
+                &net.branches[b],
+                &batch.patches[b],
+                n,
+                side,
+                &mut running,
+                &format!("branches.{b}"),
+            )
+        })
+        .collect();
+    let sources = feature_sources(cubes, k, kernels);
+    let width = 3 * kernels;
+    let mut features = vec![0f32; voxels * width];
+    for (v, src) in sources.iter().enumerate() {
+        for o in 0..3 {
+            let out = &caches[o].last().expect("at least one layer").output;
+            features[v * width + o * kernels..][..kernels]
+                .copy_from_slice(&out[src[o]..][..kernels]);
+        }
+    }
+
+    // Head: fc1, ELU, dropout, fc2, ELU, dropout, class layer (and task layer).
+    let mut rng = ChaCha8Rng::seed_from_u64(dropout_seed);
+    let mut a1 = net.fc1.forward(&features, voxels, threads);
+    a1.iter_mut().for_each(|v| *v = elu(*v));
+    let mask1 = dropout_mask(a1.len(), net.dropout, &mut rng);
+    let d1: Vec<f32> = match &mask1 {
+        Some(m) => a1.iter().zip(m).map(|(a, m)| a * m).collect(),
+        None => a1.clone(),
+    };
+    let mut a2 = net.fc2.forward(&d1, voxels, threads);
+    a2.iter_mut().for_each(|v| *v = elu(*v));
+    let mask2 = dropout_mask(a2.len(), net.dropout, &mut rng);
+    let d2: Vec<f32> = match &mask2 {
+        Some(m) => a2.iter().zip(m).map(|(a, m)| a * m).collect(),
+        None => a2.clone(),
+    };
+    let logits = net.classes.forward(&d2, voxels, threads);
+
+    // Loss and its gradient at the logits.
+    let c = net.classes.outputs;
+    let mut d_logits = vec![0f32; voxels * c];
+    let weights: Vec<f32> = if config.class_weighted {
+        let mut counts = std::collections::HashMap::new();
+        for &l in &batch.labels {
+            *counts.entry(l).or_insert(0usize) += 1;
+        }
+        batch
+            .labels
+            .iter()
+            .map(|l| 1.0 / counts[l] as f32)
+            .collect()
+    } else {
+        vec![1.0; voxels]
+    };
+    let per_cube = k * k * k;
+    let all: Vec<usize> = (0..c).collect();
+    let mut loss = 0f64;
+    match layout.mode {
+        OutputMode::Union => {
+            let total: f32 = weights.iter().sum();
+            for v in 0..voxels {
+                loss += softmax_cross_entropy(
+                    &logits[v * c..][..c],
+                    &all,
+                    batch.targets[v] as usize,
+                    weights[v] / total,
+                    &mut d_logits[v * c..][..c],
+                );
+            }
+        }
+        OutputMode::PerTask => {
+            let tasks = layout.groups.len();
+            let per_task = voxels / tasks;
+            for (t, group) in layout.groups.iter().enumerate() {
+                let range = t * per_task..(t + 1) * per_task;
+                let total: f32 = weights[range.clone()].iter().sum();
+                for v in range {
+                    let w = weights[v] / total / tasks as f32;
+                    loss += softmax_cross_entropy(
+                        &logits[v * c..][..c],
+                        group,
+                        batch.targets[v] as usize,
+                        w,
+                        &mut d_logits[v * c..][..c],
+                    );
+                }
+            }
+        }
+    }
+    let mut d_d2 = dense_backward_into(
+        &net.classes,
+        &d2,
+        &d_logits,
+        voxels,
+        threads,
+        &mut gradients,
+        "head.classes",
+    );
+    if let Some(task_layer) = &net.task {
+        let task_logits = task_layer.forward(&d2, voxels, threads);
+        let tc = task_layer.outputs;
+        let channels: Vec<usize> = (0..tc).collect();
+        let mut d_task = vec![0f32; voxels * tc];
+        let w = config.task_loss_weight as f32 / voxels as f32;
+        for v in 0..voxels {
+            let target = batch.tasks[v / per_cube];
+            loss += softmax_cross_entropy(
+                &task_logits[v * tc..][..tc],
+                &channels,
+                target,
+                w,
+                &mut d_task[v * tc..][..tc],
+            );
+        }
+        let d = dense_backward_into(
+            task_layer,
+            &d2,
+            &d_task,
+            voxels,
+            threads,
+            &mut gradients,
+            "head.task",
+        );
+        d_d2.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+    }
+
+    // Back through the head.
+    let mut d_h2 = d_d2;
+    if let Some(m) = &mask2 {
+        d_h2.iter_mut().zip(m).for_each(|(d, m)| *d *= m);
+    }
+    d_h2.iter_mut()
+        .zip(&a2)
+        .for_each(|(d, a)| *d *= elu_derivative_from_output(*a));
+    let mut d_h1 = dense_backward_into(
+        &net.fc2,
+        &d1,
+        &d_h2,
+        voxels,
+        threads,
+        &mut gradients,
+        "head.fc2",
+    );
+    if let Some(m) = &mask1 {
+        d_h1.iter_mut().zip(m).for_each(|(d, m)| *d *= m);
+    }
+    d_h1.iter_mut()
+        .zip(&a1)
+        .for_each(|(d, a)| *d *= elu_derivative_from_output(*a));
+    let d_features = dense_backward_into(
+        &net.fc1,
+        &features,
+        &d_h1,
+        voxels,
+        threads,
+        &mut gradients,
+        "head.fc1",
+    );
+
+    // Scatter the feature gradients back to each branch's output, then back through it.
+    for o in Orientation::ALL {
+        let b = o.index();
+        let mut d_out = vec![0f32; n * k * k * kernels];
+        for (v, src) in sources.iter().enumerate() {
+            d_out[src[b]..][..kernels]
+                .copy_from_slice(&d_features[v * width + b * kernels..][..kernels]);
+        }
+        branch_backward(
+            &net.branches[b],
+            &batch.patches[b],
+            &caches[b],
+            n,
+            side,
+            d_out,
+            &mut gradients,
+            &format!("branches.{b}"),
+        );
+    }
+    StepOutput {
+        loss,
+        gradients,
+        running,
+    }
+}
+
+/// Dense backward that files the weight and bias gradients under `prefix` and returns the
+/// input gradient.
+fn dense_backward_into(
+    layer: &Dense,
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    threads: usize,
+    gradients: &mut BTreeMap<String, Vec<f32>>,
+    prefix: &str,
+) -> Vec<f32> {
+    let (dw, db, dx) = dense_backward(layer, x, dy, n, true, threads);
+    gradients.insert(format!("{prefix}.weight"), dw);
+    gradients.insert(format!("{prefix}.bias"), db);
+    dx
+}

@@ -1,0 +1,131 @@
+//! Stage 7, infer: dense segmentation of whole volumes, from network layout back to the
+//! input's own grid.
+
+pub mod burn_engine;
+pub mod dense;
+
+use serde::Serialize;
+
+use crate::model::output::task_probabilities;
+use crate::model::{OutputLayout, OutputMode};
+pub use burn_engine::BurnEngine;
+pub use dense::{DenseSettings, Engine, NetworkInput};
+
+/// Which classes compete for each voxel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskChoice {
+    /// Every class of every task (the paper's behaviour in union mode; in per-task mode the
+    /// task is recognised first, see [`TaskChoice::Recognise`]).
+    Automatic,
+    /// Only this task's classes and background.
+    Task(usize),
+}
+
+/// A label map in network layout with its confidence.
+#[derive(Clone, Debug)]
+pub struct Segmentation {
+    /// Joint label ids.
+    pub labels: Vec<u16>,
+    /// Probability of the winning class.
+    pub probability: Vec<f32>,
+    /// The task the labels belong to, when one was chosen or recognised.
+    pub task: Option<usize>,
+    /// How the task was decided.
+    pub recognition: Option<Recognition>,
+}
+
+/// The task head's verdict (per-task output mode without `--task`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Recognition {
+    pub task: usize,
+    /// Mean task probability over the volume, per task.
+    pub mean_probabilities: Vec<f32>,
+}
+
+/// Segments a volume in network layout.
+pub fn segment<E: Engine + ?Sized>(
+    engine: &E,
+    layout: &OutputLayout,
+    input: &NetworkInput,
+    choice: TaskChoice,
+    settings: &DenseSettings,
+) -> Segmentation {
+    let total: usize = input.shape.iter().product();
+    let c = engine.channels();
+    // Candidate groups: one decision per group and voxel; per-task mode without a task keeps
+    // every task's decision until the task head has seen the whole volume.
+    let groups: Vec<Vec<usize>> = match (choice, layout.mode) {
+        (TaskChoice::Task(t), _) => vec![layout.competing(Some(t))],
+        (TaskChoice::Automatic, OutputMode::Union) => vec![layout.competing(None)],
+        (TaskChoice::Automatic, OutputMode::PerTask) => layout.groups.clone(),
+    };
+    let mut labels = vec![vec![0u16; total]; groups.len()];
+    let mut probability = vec![vec![0f32; total]; groups.len()];
+    let tc = engine.task_channels();
+    let mut task_sums = vec![0f64; tc];
+    let [nx, ny, _] = input.shape;
+    dense::for_each_slab(engine, input, settings, |z0, z1, logits, task_logits| {
+        let n = nx * ny * (z1 - z0);
+        let offset = nx * ny * z0;
+        for v in 0..n {
+            let voxel_logits = &logits[v * c..][..c];
+            for (g, group) in groups.iter().enumerate() {
+                let (label, p) = layout.decide(voxel_logits, group);
+                labels[g][offset + v] = label;
+                probability[g][offset + v] = p;
+            }
+            if tc > 0 {
+                let voxel_tasks = &task_logits[v * tc..][..tc];
+                for (sum, p) in task_sums.iter_mut().zip(task_probabilities(voxel_tasks)) {
+                    *sum += p as f64;
+                }
+            }
+        }
+    });
+    let (pick, task, recognition) = match (choice, layout.mode) {
+        (TaskChoice::Task(t), _) => (0, Some(t), None),
+        (TaskChoice::Automatic, OutputMode::Union) => (0, dominant_task(layout, &labels[0]), None),
+        (TaskChoice::Automatic, OutputMode::PerTask) => {
+            let means: Vec<f32> = task_sums
+                .iter()
+                .map(|s| (*s / total as f64) as f32)
+                .collect();
+            let t = means
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
+            (
+                t,
+                Some(t),
+                Some(Recognition {
+                    task: t,
+                    mean_probabilities: means,
+                }),
+            )
+        }
+    };
+    Segmentation {
+        labels: labels.swap_remove(pick),
+        probability: probability.swap_remove(pick),
+        task,
+        recognition,
+    }
+}
+
+/// In union mode, the task whose classes hold all foreground voxels, if there is one.
+fn dominant_task(layout: &OutputLayout, labels: &[u16]) -> Option<usize> {
+    let mut owner = None;
+    for &l in labels.iter().filter(|&&l| l > 0) {
+        let t = layout
+            .groups
+            .iter()
+            .position(|g| g[1..].iter().any(|&c| layout.joint_of_channel[c] == l));
+        match (owner, t) {
+            (None, Some(t)) => owner = Some(t),
+            (Some(o), Some(t)) if o != t => return None,
+            _ => {}
+        }
+    }
+    owner
+}

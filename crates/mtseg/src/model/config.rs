@@ -1,0 +1,249 @@
+//! Sizes of the network and settings of its training, with the `paper` and `small` presets.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How the class layer covers several tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputMode {
+    /// The paper's single softmax over background plus every task's classes. Right when the
+    /// tasks never see the same anatomy.
+    Union,
+    /// One softmax group per task (its own background plus its classes) over the shared
+    /// trunk, the loss only on the group of the sample's task, and a task head that
+    /// recognises the task. For tasks that label the same anatomy differently.
+    PerTask,
+}
+
+impl OutputMode {
+    pub fn has_task_head(self) -> bool {
+        self == OutputMode::PerTask
+    }
+}
+
+/// The network's sizes. The receptive field of each orientation is `1 + 2 * depth`.
+#[derive(Config, Debug, PartialEq)]
+pub struct NetworkConfig {
+    /// Convolution layers per orientation branch (paper: 25).
+    #[config(default = 25)]
+    pub depth: usize,
+    /// Kernels per convolution layer (paper: 32).
+    #[config(default = 32)]
+    pub kernels: usize,
+    /// Width of the two fully connected layers (paper: 256).
+    #[config(default = 256)]
+    pub fc_width: usize,
+    /// Dropout after each fully connected layer (paper: 0.5).
+    #[config(default = 0.5)]
+    pub dropout: f64,
+    #[config(default = "OutputMode::Union")]
+    pub output_mode: OutputMode,
+}
+
+impl NetworkConfig {
+    /// Patch side that gives one output voxel: the receptive field.
+    pub fn patch_size(&self) -> usize {
+        1 + 2 * self.depth
+    }
+}
+
+/// How training runs.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Side k of the cube of output voxels per sample: each orientation gets k patches of
+    /// (P + k - 1)^2. k = 1 is the paper's sampling (one voxel, three P x P patches).
+    #[config(default = 8)]
+    pub tile: usize,
+    /// Samples (cubes) per task in each mini-batch.
+    #[config(default = 4)]
+    pub samples_per_task: usize,
+    #[config(default = 2000)]
+    pub iterations: usize,
+    #[config(default = 1e-3)]
+    pub learning_rate: f64,
+    #[config(default = 0.9)]
+    pub beta1: f64,
+    #[config(default = 0.999)]
+    pub beta2: f64,
+    #[config(default = 1e-8)]
+    pub epsilon: f64,
+    #[config(default = 0.0)]
+    pub weight_decay: f64,
+    /// Learning rate decays as (1 - t / iterations)^power (nnU-Net's "poly" schedule).
+    #[config(default = 0.9)]
+    pub lr_decay_power: f64,
+    /// Weight each class of the loss by the inverse of its share of the batch's voxels.
+    #[config(default = false)]
+    pub class_weighted: bool,
+    /// Weight of the task-recognition loss (per-task output mode).
+    #[config(default = 0.2)]
+    pub task_loss_weight: f64,
+    /// Validation Dice on held-out cases every this many iterations (0: never).
+    #[config(default = 100)]
+    pub validate_every: usize,
+    /// Stop when validation mean Dice has not improved for this many validations (0: never).
+    #[config(default = 5)]
+    pub patience: usize,
+    /// Checkpoint every this many iterations.
+    #[config(default = 100)]
+    pub checkpoint_every: usize,
+    /// Augmentation: intensity scale (1 +- this) and shift (+- this, in z-score units).
+    #[config(default = 0.1)]
+    pub intensity_jitter: f64,
+    /// Augmentation: rotation about each axis within +- this many degrees.
+    #[config(default = 10.0)]
+    pub rotation_degrees: f64,
+    /// Augmentation: isotropic scaling within 1 +- this.
+    #[config(default = 0.1)]
+    pub scaling: f64,
+    /// Augmentation: mirror left-right (only for anatomy that is left-right symmetric).
+    #[config(default = false)]
+    pub flip_left_right: bool,
+    #[config(default = 1)]
+    pub seed: u64,
+}
+
+/// A named set of network and training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preset {
+    pub network: NetworkConfig,
+    pub training: TrainConfig,
+}
+
+impl Preset {
+    /// The paper's network and sampling: 25 layers of 32 kernels, fully connected 256,
+    /// dropout 0.5, one voxel per sample, 210 samples a batch over three tasks.
+    pub fn paper() -> Self {
+        Preset {
+            network: NetworkConfig::new(),
+            training: TrainConfig::new()
+                .with_tile(1)
+                .with_samples_per_task(70)
+                .with_iterations(20000)
+                .with_validate_every(500)
+                .with_checkpoint_every(500),
+        }
+    }
+
+    /// A network a 2-core CPU trains in a minute or two: 8 layers (receptive field 17) of
+    /// 16 kernels, fully connected 64, trained on cubes of 8^3 voxels.
+    pub fn small() -> Self {
+        Preset {
+            network: NetworkConfig::new()
+                .with_depth(8)
+                .with_kernels(16)
+                .with_fc_width(64)
+                .with_dropout(0.2),
+            training: TrainConfig::new()
+                .with_tile(8)
+                .with_samples_per_task(4)
+                .with_iterations(300)
+                .with_learning_rate(3e-3)
+                .with_validate_every(100)
+                .with_checkpoint_every(100),
+        }
+    }
+
+    /// `paper`, `small`, or a JSON/TOML file whose fields override the `small` preset
+    /// (`{"network": {"depth": 12}, "training": {"tile": 4}}`; the base can be chosen with a
+    /// top-level `"preset": "paper"`).
+    pub fn named_or_file(name: &str) -> Result<Self> {
+        match name {
+            "paper" => Ok(Preset::paper()),
+            "small" => Ok(Preset::small()),
+            path => Preset::from_file(std::path::Path::new(path)),
+        }
+    }
+
+    fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let overrides: serde_json::Value = if path.extension().is_some_and(|e| e == "toml") {
+            let value: toml::Value = toml::from_str(&text)
+                .map_err(|e| Error::invalid(path, format!("not valid TOML: {e}")))?;
+            serde_json::to_value(value).map_err(|e| Error::invalid(path, e.to_string()))?
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?
+        };
+        let base = match overrides.get("preset").and_then(|p| p.as_str()) {
+            Some("paper") => Preset::paper(),
+            Some("small") | None => Preset::small(),
+            Some(other) => {
+                return Err(Error::invalid(
+                    path,
+                    format!("unknown preset '{other}' (paper or small)"),
+                ));
+            }
+        };
+        let mut merged = serde_json::to_value(&base).expect("presets serialise");
+        for section in ["network", "training"] {
+            if let Some(fields) = overrides.get(section).and_then(|s| s.as_object()) {
+                for (key, value) in fields {
+                    if merged[section].get(key).is_none() {
+                        return Err(Error::invalid(
+                            path,
+                            format!("unknown setting {section}.{key}"),
+                        ));
+                    }
+                    merged[section][key] = value.clone();
+                }
+            }
+        }
+        let preset: Preset = serde_json::from_value(merged)
+            .map_err(|e| Error::invalid(path, format!("bad setting: {e}")))?;
+        preset.validate().map_err(|m| Error::invalid(path, m))?;
+        Ok(preset)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = &self.network;
+        let t = &self.training;
+        if n.depth == 0 || n.kernels == 0 || n.fc_width == 0 {
+            return Err("depth, kernels and fc_width must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&n.dropout) {
+            return Err("dropout must be in [0, 1)".into());
+        }
+        if t.tile == 0 || t.samples_per_task == 0 {
+            return Err("tile and samples_per_task must be at least 1".into());
+        }
+        if t.learning_rate <= 0.0 || !t.learning_rate.is_finite() {
+            return Err("learning_rate must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_preset_matches_the_paper() {
+        let p = Preset::paper();
+        assert_eq!(p.network.depth, 25);
+        assert_eq!(p.network.patch_size(), 51);
+        assert_eq!(p.network.kernels, 32);
+        assert_eq!(p.network.fc_width, 256);
+        assert_eq!(p.network.dropout, 0.5);
+        assert_eq!(p.training.tile, 1);
+        assert_eq!(p.training.samples_per_task * 3, 210);
+    }
+
+    #[test]
+    fn a_file_overrides_a_preset_and_rejects_unknown_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "preset = \"paper\"\n[training]\ntile = 4\n").unwrap();
+        let p = Preset::named_or_file(path.to_str().unwrap()).unwrap();
+        assert_eq!(p.network.depth, 25);
+        assert_eq!(p.training.tile, 4);
+        let bad = dir.path().join("b.json");
+        std::fs::write(&bad, r#"{"network": {"depht": 3}}"#).unwrap();
+        let err = Preset::named_or_file(bad.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("network.depht"), "{err}");
+    }
+}

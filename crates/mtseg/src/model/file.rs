@@ -1,0 +1,148 @@
+//! The model file: everything `segment` needs in one checksummed file.
+//!
+//! ```text
+//! b"MTSEG\0\0\x01"            magic (8 bytes)
+//! u32 format version          little-endian
+//! u64 + JSON                  metadata: configs, label space, tasks, preprocessing
+//! u64 + bytes                 weights (burn's module record)
+//! u64 + bytes                 optimizer state (checkpoints only; empty in models)
+//! u64 + JSON                  trainer state (checkpoints only; empty in models)
+//! u32 CRC-32                  of everything before it
+//! ```
+//! Written atomically; a torn or corrupted file fails its checksum and is reported.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{NetworkConfig, TrainConfig};
+use super::output::OutputLayout;
+use crate::datasets::{LabelSpace, Modality};
+use crate::error::{Error, Result};
+use crate::preprocess::Preprocessing;
+
+const MAGIC: &[u8; 8] = b"MTSEG\0\0\x01";
+/// Bumped whenever the layout or the metadata changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One task as the model knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskMeta {
+    pub name: String,
+    pub modality: Modality,
+    /// Class names and their ids in the task's own dataset.json.
+    pub classes: Vec<(String, u16)>,
+    pub preprocessing: Preprocessing,
+}
+
+/// What a model file says about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub format_version: u32,
+    /// The mtseg version that wrote the file.
+    pub written_by: String,
+    pub network: NetworkConfig,
+    pub training: TrainConfig,
+    pub label_space: LabelSpace,
+    pub layout: OutputLayout,
+    pub tasks: Vec<TaskMeta>,
+    /// Iterations trained, and validation results when there were held-out cases.
+    pub iterations: usize,
+    #[serde(default)]
+    pub validation_dice: Option<f64>,
+}
+
+impl ModelMeta {
+    pub fn task_index(&self, name: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.name == name)
+    }
+
+    pub fn task_names(&self) -> Vec<String> {
+        self.tasks.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+/// The contents of a model or checkpoint file.
+#[derive(Clone, Debug)]
+pub struct ModelFile {
+    pub meta: ModelMeta,
+    pub weights: Vec<u8>,
+    pub optimizer: Vec<u8>,
+    pub trainer_state: Vec<u8>,
+}
+
+impl ModelFile {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let meta = serde_json::to_vec(&self.meta).expect("metadata serialises");
+        let mut out =
+            Vec::with_capacity(meta.len() + self.weights.len() + self.optimizer.len() + 64);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        for section in [&meta, &self.weights, &self.optimizer, &self.trainer_state] {
+            out.extend_from_slice(&(section.len() as u64).to_le_bytes());
+            out.extend_from_slice(section);
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let bad = |m: &str| Error::invalid(path, m.to_string());
+        if bytes.len() < MAGIC.len() + 4 + 4 || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(bad("not an mtseg model file (wrong magic)"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+        if version > FORMAT_VERSION {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "model format version {version} is newer than this mtseg reads ({FORMAT_VERSION}): update mtseg"
+                ),
+            ));
+        }
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(bad("checksum mismatch: the file is truncated or corrupted"));
+        }
+        let mut rest = &body[12..];
+        let mut sections = Vec::new();
+        for _ in 0..4 {
+            if rest.len() < 8 {
+                return Err(bad("truncated section table"));
+            }
+            let len = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
+            rest = &rest[8..];
+            if len > rest.len() {
+                return Err(bad("a section runs past the end of the file"));
+            }
+            sections.push(rest[..len].to_vec());
+            rest = &rest[len..];
+        }
+        let meta: ModelMeta = serde_json::from_slice(&sections[0])
+            .map_err(|e| Error::invalid(path, format!("unreadable model metadata: {e}")))?;
+        if meta.format_version != version {
+            return Err(bad("metadata and header disagree on the format version"));
+        }
+        let [_, weights, optimizer, trainer_state] =
+            <[Vec<u8>; 4]>::try_from(sections).expect("4 sections");
+        Ok(ModelFile {
+            meta,
+            weights,
+            optimizer,
+            trainer_state,
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::io::atomic::write_bytes(path, &self.to_bytes())
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Err(Error::invalid(path, "is a folder, expected a model file"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(path, &bytes)
+    }
+}

@@ -1,0 +1,278 @@
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use super::*;
+use crate::data::{BalancedSampler, TrainingVolume};
+use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
+use crate::infer::{BurnEngine, DenseSettings, NetworkInput, dense};
+use crate::model::file::FORMAT_VERSION;
+use crate::preprocess::{Normalization, Preprocessing};
+
+fn meta(network: NetworkConfig) -> ModelMeta {
+    let space = LabelSpace {
+        tasks: vec![
+            TaskInfo {
+                name: "A".into(),
+                modality: Modality::MR,
+            },
+            TaskInfo {
+                name: "B".into(),
+                modality: Modality::CT,
+            },
+        ],
+        classes: vec![
+            ClassInfo {
+                task: 0,
+                name: "a".into(),
+                dataset_id: 1,
+            },
+            ClassInfo {
+                task: 1,
+                name: "b".into(),
+                dataset_id: 1,
+            },
+        ],
+    };
+    let layout = OutputLayout::new(&space, network.output_mode);
+    let preprocessing = Preprocessing {
+        target_spacing: [1.0; 3],
+        normalization: Normalization::MrRobustZ,
+    };
+    ModelMeta {
+        format_version: FORMAT_VERSION,
+        written_by: "test".into(),
+        network,
+        training: TrainConfig::new(),
+        tasks: space
+            .tasks
+            .iter()
+            .map(|t| TaskMeta {
+                name: t.name.clone(),
+                modality: t.modality,
+                classes: vec![("x".into(), 1)],
+                preprocessing: preprocessing.clone(),
+            })
+            .collect(),
+        label_space: space,
+        layout,
+        iterations: 0,
+        validation_dice: None,
+    }
+}
+
+fn tiny() -> NetworkConfig {
+    NetworkConfig::new()
+        .with_depth(3)
+        .with_kernels(4)
+        .with_fc_width(8)
+        .with_dropout(0.0)
+}
+
+#[test]
+fn a_patch_of_the_receptive_field_gives_one_voxel_and_larger_patches_give_tiles() {
+    let device = Device::flex();
+    for network in [Preset::paper().network, Preset::small().network] {
+        let m = meta(network.clone());
+        let net = init_network(&m, 1, &device).valid();
+        let p = network.patch_size();
+        assert_eq!(p, 1 + 2 * network.depth);
+        for k in [1, 3] {
+            let x =
+                Tensor::<4>::random([2, 1, p + k - 1, p + k - 1], Distribution::Default, &device);
+            let dims = net.branch(Orientation::Coronal).forward(x).dims();
+            assert_eq!(dims, [2, network.kernels, k, k]);
+        }
+    }
+}
+
+/// A random network with non-trivial batch-norm statistics, in evaluation mode.
+fn trained_looking_network(m: &ModelMeta) -> TriplanarNet {
+    let device = Device::flex().autodiff();
+    let net = init_network(m, 7, &device);
+    // A few training-mode forwards move the running statistics away from 0/1.
+    for _ in 0..3 {
+        let x = Tensor::<4>::random([2, 1, 9, 9], Distribution::Normal(0.5, 2.0), &device);
+        let _ = net.branch(Orientation::Axial).forward(x.clone());
+        let _ = net.branch(Orientation::Coronal).forward(x.clone());
+        let _ = net.branch(Orientation::Sagittal).forward(x);
+    }
+    net.valid()
+}
+
+/// The output at a voxel is the same whether computed from its own patch, from a tile that
+/// contains it, or by dense whole-volume inference: training and inference agree.
+#[test]
+fn own_patch_tile_and_dense_inference_agree() {
+    let m = meta(tiny());
+    let net = trained_looking_network(&m);
+    let device = Device::flex();
+    let shape = [10, 9, 8];
+    let n: usize = shape.iter().product();
+    let image: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let volume = TrainingVolume {
+        case: "v".into(),
+        task: 0,
+        shape,
+        spacing: [1.0; 3],
+        image: image.clone(),
+        labels: vec![0; n],
+        pad: -1.5,
+        class_voxels: vec![vec![]],
+    };
+    let engine = BurnEngine {
+        net: &net,
+        device: device.clone(),
+    };
+    let input = NetworkInput {
+        image: &image,
+        shape,
+        pad: -1.5,
+    };
+    // Dense, with slabs of one z row to exercise the slab seams too.
+    let settings = DenseSettings {
+        slab_bytes: 1,
+        slice_batch: 3,
+        head_voxels: 37,
+    };
+    let all = dense::dense_logits(&engine, &input, &settings);
+    let c = m.layout.channels();
+    let rf = m.network.patch_size();
+    for (centre, k) in [([4usize, 4, 3], 1usize), ([4, 4, 3], 4), ([0, 8, 7], 2)] {
+        let patches = BalancedSampler::cube_patches(&volume, centre, k, rf);
+        let side = rf + k - 1;
+        let tensors = patches
+            .map(|p| Tensor::<4>::from_data(TensorData::new(p, [k, 1, side, side]), &device));
+        let out = net.forward_cubes(tensors, 1, k);
+        let logits: Vec<f32> = out.logits.into_data().try_into_vec().unwrap();
+        // Cube voxel (x, y, z) -> row x, column y*k + z; volume voxel centre - k/2 + (x, y, z).
+        for x in 0..k {
+            for y in 0..k {
+                for z in 0..k {
+                    let v: [isize; 3] =
+                        [0, 1, 2].map(|a| (centre[a] + [x, y, z][a]) as isize - (k / 2) as isize);
+                    if v.iter().zip(shape).any(|(&p, s)| p < 0 || p >= s as isize) {
+                        continue;
+                    }
+                    let voxel =
+                        v[0] as usize + shape[0] * (v[1] as usize + shape[1] * v[2] as usize);
+                    for ch in 0..c {
+                        let tile = logits[(ch * k + x) * k * k + y * k + z];
+                        let dense = all[voxel * c + ch];
+                        assert!(
+                            (tile - dense).abs() < 1e-4,
+                            "k={k} voxel {v:?} channel {ch}: {tile} vs {dense}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gradients of the loss with respect to the input and to a weight, against central finite
+/// differences, on a tiny network in training mode (batch norm with batch statistics).
+#[test]
+fn gradients_match_finite_differences() {
+    let m = meta(tiny());
+    let device = Device::flex().autodiff();
+    let net = init_network(&m, 3, &device);
+    let k = 2;
+    let side = m.network.patch_size() + k - 1;
+    let base: Vec<Vec<f32>> = (0..3)
+        .map(|o| {
+            (0..k * side * side)
+                .map(|i| (((i + 31 * o) * 2654435761usize) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        })
+        .collect();
+    let weights: Vec<f32> = (0..m.layout.channels() * k * k * k)
+        .map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5)
+        .collect();
+    let loss_of = |patches: &[Vec<f32>], track: bool| -> (f32, Option<Vec<f32>>) {
+        let make = |p: &Vec<f32>| {
+            Tensor::<4>::from_data(TensorData::new(p.clone(), [k, 1, side, side]), &device)
+        };
+        let axial = if track {
+            make(&patches[0]).require_grad()
+        } else {
+            make(&patches[0])
+        };
+        let out = net.forward_cubes([axial.clone(), make(&patches[1]), make(&patches[2])], 1, k);
+        let w =
+            Tensor::<4>::from_data(TensorData::new(weights.clone(), out.logits.dims()), &device);
+        let loss = (out.logits * w).sum();
+        if track {
+            let grads = loss.backward();
+            let g = axial
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap();
+            (0.0, Some(g))
+        } else {
+            (loss.into_scalar::<f32>(), None)
+        }
+    };
+    let (_, grad) = loss_of(&base, true);
+    let grad = grad.unwrap();
+    let h = 1e-2;
+    for &i in &[0usize, side + 3, k * side * side / 2, k * side * side - 1] {
+        let mut plus = base.clone();
+        plus[0][i] += h;
+        let mut minus = base.clone();
+        minus[0][i] -= h;
+        let numeric = (loss_of(&plus, false).0 - loss_of(&minus, false).0) / (2.0 * h);
+        let tolerance = 2e-2 * numeric.abs().max(1.0);
+        assert!(
+            (numeric - grad[i]).abs() < tolerance,
+            "input {i}: analytic {} numeric {numeric}",
+            grad[i]
+        );
+    }
+}
+
+#[test]
+fn model_files_round_trip_and_detect_damage() {
+    let m = meta(tiny());
+    let device = Device::flex();
+    let net = init_network(&m, 5, &device);
+    let file = ModelFile {
+        meta: m.clone(),
+        weights: weights_to_bytes(&net).unwrap(),
+        optimizer: vec![],
+        trainer_state: vec![],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.mtseg");
+    file.save(&path).unwrap();
+    let model = Model::load(&path, &device).unwrap();
+    assert_eq!(model.meta, m);
+    let x = Tensor::<4>::random([1, 1, 9, 9], Distribution::Default, &device);
+    let a: Vec<f32> = net
+        .valid()
+        .branch(Orientation::Axial)
+        .forward(x.clone())
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let b: Vec<f32> = model
+        .net
+        .branch(Orientation::Axial)
+        .forward(x)
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    assert_eq!(a, b);
+
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Model::load(&path, &device).err().unwrap().to_string();
+    assert!(err.contains("checksum"), "{err}");
+    std::fs::write(&path, &bytes[..100]).unwrap();
+    assert!(Model::load(&path, &device).is_err());
+}

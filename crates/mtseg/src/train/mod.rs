@@ -1,0 +1,485 @@
+//! Stage 6, train: the multi-task network trained on balanced mini-batches of cubes with Adam,
+//! validated on held-out cases, checkpointed atomically and resumable to the bit.
+
+pub mod log;
+pub mod loss;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{self, BalancedSampler, Batch, TrainingVolume};
+use crate::datasets::{Split, Splits, TaskSet, hold_out_validation};
+use crate::engine::{self, CpuNetwork, ParamStore};
+use crate::error::{Error, Result};
+use crate::model::{
+    self, ModelFile, ModelMeta, OutputLayout, Preset, TaskMeta, TriplanarNet, file::FORMAT_VERSION,
+};
+use log::{History, IterationRow, ValidationRow};
+use validate::ValidationCase;
+
+/// Validation cases are cropped to this many voxels per axis.
+const VALIDATION_EXTENT: usize = 64;
+
+/// What to train and where.
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    pub datasets: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub preset: Preset,
+    /// Continue from `out/checkpoint.mtseg`.
+    pub resume: bool,
+    /// Stop (with a checkpoint and a model) after this much wall time.
+    pub time_budget: Option<Duration>,
+    /// Train on these cases instead of each task's split (task name -> split).
+    pub splits: Option<Vec<Split>>,
+}
+
+/// Receives training progress (the CLI draws a progress bar with it).
+pub trait Observer {
+    fn started(&mut self, _first_iteration: usize, _iterations: usize) {}
+    fn iteration(&mut self, _row: &IterationRow) {}
+    fn validated(&mut self, _row: &ValidationRow) {}
+    fn message(&mut self, _text: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainOutcome {
+    pub model: PathBuf,
+    pub iterations: usize,
+    pub best_validation_dice: Option<f64>,
+    pub stopped_early: bool,
+    pub seconds: f64,
+    pub voxels_per_s: f64,
+}
+
+/// Trainer state stored in checkpoints, beside the weights and the optimizer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TrainerState {
+    /// Iterations completed.
+    iteration: usize,
+    sampler: BalancedSampler,
+    history: History,
+    best_dice: Option<f64>,
+    validations_since_best: usize,
+    elapsed_s: f64,
+}
+
+/// Everything training reads from the datasets.
+pub struct TrainingData {
+    pub meta: ModelMeta,
+    pub volumes: Vec<TrainingVolume>,
+    pub validation: Vec<ValidationCase>,
+    pub classes_per_task: Vec<usize>,
+}
+
+/// Reads and preprocesses the training and validation cases of every task.
+pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<TrainingData> {
+    request
+        .preset
+        .validate()
+        .map_err(|m| Error::usage(format!("invalid settings: {m}")))?;
+    let set = TaskSet::open(&request.datasets)?;
+    let layout = OutputLayout::new(&set.space, request.preset.network.output_mode);
+    let mut volumes = Vec::new();
+    let mut validation = Vec::new();
+    let mut tasks = Vec::new();
+    for (t, task) in set.tasks.iter().enumerate() {
+        let split = match &request.splits {
+            Some(splits) => splits[t].clone(),
+            None => Splits::find_for(task)?.split_for(task)?,
+        };
+        if split.train.is_empty() {
+            return Err(Error::usage(format!(
+                "task {} has no training case",
+                task.name
+            )));
+        }
+        let (train_ids, val_ids) = hold_out_validation(&split.train);
+        observer.message(&format!(
+            "{}: {} training cases, {} for validation, {} test cases left out",
+            task.name,
+            train_ids.len(),
+            val_ids.len(),
+            split.test.len()
+        ));
+        let train_cases = data::read_cases(task, t, &train_ids, &set.space)?;
+        let preprocessing = data::plan_preprocessing(task.modality, &train_cases);
+        volumes.extend(data::prepare_cases(
+            t,
+            train_cases,
+            &preprocessing,
+            &set.space,
+        ));
+        let val_cases = data::read_cases(task, t, &val_ids, &set.space)?;
+        validation.extend(
+            data::prepare_cases(t, val_cases, &preprocessing, &set.space)
+                .iter()
+                .map(|v| ValidationCase::from_volume(v, VALIDATION_EXTENT)),
+        );
+        tasks.push(TaskMeta {
+            name: task.name.clone(),
+            modality: task.modality,
+            classes: task.classes.clone(),
+            preprocessing,
+        });
+    }
+    let classes_per_task = tasks.iter().map(|t| t.classes.len()).collect();
+    let meta = ModelMeta {
+        format_version: FORMAT_VERSION,
+        written_by: format!("mtseg {}", env!("CARGO_PKG_VERSION")),
+        network: request.preset.network.clone(),
+        training: request.preset.training.clone(),
+        label_space: set.space.clone(),
+        layout,
+        tasks,
+        iterations: 0,
+        validation_dice: None,
+    };
+    Ok(TrainingData {
+        meta,
+        volumes,
+        validation,
+        classes_per_task,
+    })
+}
+
+fn adam(config: &crate::model::TrainConfig) -> AdamConfig {
+    AdamConfig::new()
+        .with_beta_1(config.beta1 as f32)
+        .with_beta_2(config.beta2 as f32)
+        .with_epsilon(config.epsilon as f32)
+        .with_weight_decay(
+            (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32)),
+        )
+}
+
+/// The per-iteration seed of burn's random stream (dropout): a function of the iteration
+/// alone, so a resumed run draws the same masks as an uninterrupted one.
+fn iteration_seed(seed: u64, iteration: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (iteration as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+fn learning_rate(config: &crate::model::TrainConfig, iteration: usize) -> f64 {
+    let progress = iteration as f64 / config.iterations.max(1) as f64;
+    config.learning_rate * (1.0 - progress).max(0.0).powf(config.lr_decay_power)
+}
+
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.mtseg")
+}
+
+fn previous_checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.prev.mtseg")
+}
+
+pub fn model_path(out: &Path) -> PathBuf {
+    out.join("model.mtseg")
+}
+
+/// Loads the newest readable checkpoint, falling back to the previous one when the newest
+/// is damaged.
+fn load_checkpoint(out: &Path, observer: &mut dyn Observer) -> Result<ModelFile> {
+    let newest = checkpoint_path(out);
+    match ModelFile::load(&newest) {
+        Ok(file) => Ok(file),
+        Err(e) => {
+            let previous = previous_checkpoint_path(out);
+            if previous.is_file() {
+                observer.message(&format!("{e}; resuming from {}", previous.display()));
+                tracing::warn!("{e}; resuming from the previous checkpoint");
+                ModelFile::load(&previous)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Saves a checkpoint, keeping the one before it as a fallback.
+fn save_checkpoint(out: &Path, file: &ModelFile) -> Result<()> {
+    let newest = checkpoint_path(out);
+    if newest.is_file() {
+        let previous = previous_checkpoint_path(out);
+        std::fs::rename(&newest, &previous).map_err(|e| Error::io(&previous, e))?;
+    }
+    file.save(&newest)
+}
+
+/// Trains a model as requested; writes `model.mtseg`, `log.csv`, `curves.png` and
+/// checkpoints into `request.out`.
+pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<TrainOutcome> {
+    std::fs::create_dir_all(&request.out).map_err(|e| Error::io(&request.out, e))?;
+    let data = prepare(request, observer)?;
+    let config = request.preset.training.clone();
+    // burn's optimizer updates parameters of an autodiff module; gradients come from the
+    // CPU kernels as plain tensors.
+    let device = Device::flex().autodiff();
+    let mut meta = data.meta.clone();
+
+    let (mut net, mut optimizer, mut state) =
+        if request.resume && checkpoint_path(&request.out).is_file() {
+            let file = load_checkpoint(&request.out, observer)?;
+            check_compatible(&file.meta, &meta, &checkpoint_path(&request.out))?;
+            let net = model::network_from_bytes(
+                &file.meta,
+                &file.weights,
+                &device,
+                &checkpoint_path(&request.out),
+            )?;
+            let optimizer: ModuleOptimizer = adam(&config)
+                .init()
+                .from_bytes(Bytes::from_bytes_vec(file.optimizer.clone()))
+                .map_err(|e| {
+                    Error::invalid(
+                        checkpoint_path(&request.out),
+                        format!("unreadable optimizer state: {e:?}"),
+                    )
+                })?;
+            let state: TrainerState = serde_json::from_slice(&file.trainer_state).map_err(|e| {
+                Error::invalid(
+                    checkpoint_path(&request.out),
+                    format!("unreadable trainer state: {e}"),
+                )
+            })?;
+            observer.message(&format!("resuming at iteration {}", state.iteration));
+            (net, optimizer, state)
+        } else {
+            if request.resume {
+                observer.message("no checkpoint to resume from: starting afresh");
+            }
+            let net = model::init_network(&meta, config.seed, &device);
+            let state = TrainerState {
+                iteration: 0,
+                sampler: BalancedSampler::new(config.seed),
+                history: History {
+                    class_names: (1..meta.label_space.num_classes() as u16)
+                        .map(|j| meta.label_space.joint_name(j))
+                        .collect(),
+                    ..History::default()
+                },
+                best_dice: None,
+                validations_since_best: 0,
+                elapsed_s: 0.0,
+            };
+            (net, adam(&config).init(), state)
+        };
+
+    let mut store = ParamStore::read(&net);
+    let receptive_field = meta.network.patch_size();
+    let tasks = meta.tasks.len();
+    let started = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let mut stopped_early = false;
+    let mut voxels_done = 0usize;
+    observer.started(state.iteration, config.iterations);
+    while state.iteration < config.iterations {
+        let iteration = state.iteration + 1;
+        let step_start = Instant::now();
+        let sampling = Instant::now();
+        let batch = state.sampler.next_batch(
+            &data.volumes,
+            tasks,
+            &data.classes_per_task,
+            receptive_field,
+            &config,
+            &meta.layout,
+        );
+        tracing::debug!("sampling {:.3} s", sampling.elapsed().as_secs_f64());
+        let lr = learning_rate(&config, state.iteration);
+        let (next, loss) = step(
+            net,
+            &store,
+            &mut optimizer,
+            &batch,
+            &meta.layout,
+            &config,
+            meta.network.dropout,
+            lr,
+            iteration_seed(config.seed, iteration),
+        );
+        net = next;
+        store = ParamStore::read(&net);
+        let seconds = step_start.elapsed().as_secs_f64();
+        voxels_done += batch.targets.len();
+        state.iteration = iteration;
+        let row = IterationRow {
+            iteration,
+            loss,
+            learning_rate: lr,
+            samples_per_s: batch.cubes as f64 / seconds,
+            voxels_per_s: batch.targets.len() as f64 / seconds,
+            elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
+        };
+        observer.iteration(&row);
+        state.history.iterations.push(row);
+        if !loss.is_finite() {
+            return Err(Error::usage(format!(
+                "the loss became {loss} at iteration {iteration}: lower the learning rate"
+            )));
+        }
+
+        let out_of_time = request.time_budget.is_some_and(|b| started.elapsed() >= b);
+        let last = iteration == config.iterations || out_of_time;
+        if !data.validation.is_empty()
+            && config.validate_every > 0
+            && (iteration % config.validate_every == 0 || last)
+        {
+            let evaluation_net = net.valid();
+            let row = validate::validate(
+                &evaluation_net,
+                &meta.layout,
+                &meta.label_space,
+                &data.validation,
+                iteration,
+            );
+            observer.validated(&row);
+            let improved = state.best_dice.is_none_or(|b| row.mean_dice > b);
+            if improved {
+                state.best_dice = Some(row.mean_dice);
+                state.validations_since_best = 0;
+                meta.iterations = iteration;
+                meta.validation_dice = Some(row.mean_dice);
+                write_model(&request.out, &meta, &evaluation_net)?;
+            } else {
+                state.validations_since_best += 1;
+            }
+            state.history.validations.push(row);
+            if config.patience > 0 && state.validations_since_best >= config.patience {
+                observer.message(&format!(
+                    "validation Dice has not improved for {} validations: stopping early",
+                    config.patience
+                ));
+                stopped_early = true;
+            }
+        }
+        let stop = last || stopped_early;
+        if iteration % config.checkpoint_every.max(1) == 0 || stop {
+            state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+            let file = ModelFile {
+                meta: ModelMeta {
+                    iterations: iteration,
+                    ..meta.clone()
+                },
+                weights: model::weights_to_bytes(&net)?,
+                optimizer: optimizer
+                    .into_bytes()
+                    .map_err(|e| Error::usage(format!("cannot serialise the optimizer: {e:?}")))?
+                    .to_vec(),
+                trainer_state: serde_json::to_vec(&state).expect("trainer state serialises"),
+            };
+            save_checkpoint(&request.out, &file)?;
+            state.history.write_csv(&request.out.join("log.csv"))?;
+        }
+        if stop {
+            if out_of_time {
+                observer.message("time budget reached: stopping");
+            }
+            break;
+        }
+    }
+    // Without validation the last weights are the model.
+    if state.best_dice.is_none() {
+        meta.iterations = state.iteration;
+        write_model(&request.out, &meta, &net.valid())?;
+    }
+    state.history.write_csv(&request.out.join("log.csv"))?;
+    state
+        .history
+        .write_curves(&request.out.join("curves.png"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(TrainOutcome {
+        model: model_path(&request.out),
+        iterations: state.iteration,
+        best_validation_dice: state.best_dice,
+        stopped_early,
+        seconds,
+        voxels_per_s: voxels_done as f64 / seconds.max(1e-9),
+    })
+}
+
+/// One optimisation step on the CPU kernels: their gradients go to burn's Adam, the new
+/// batch-norm running statistics into the network. Returns the network and the loss.
+#[allow(clippy::too_many_arguments)]
+fn step(
+    net: TriplanarNet,
+    store: &ParamStore,
+    optimizer: &mut ModuleOptimizer,
+    batch: &Batch,
+    layout: &OutputLayout,
+    config: &crate::model::TrainConfig,
+    dropout: f64,
+    lr: f64,
+    seed: u64,
+) -> (TriplanarNet, f64) {
+    let t0 = Instant::now();
+    let cpu = CpuNetwork::from_store(store, &net, dropout);
+    let output = engine::train_step(&cpu, batch, layout, config, seed);
+    let t1 = Instant::now();
+    let device = Device::flex();
+    let mut grads = GradientsParams::new();
+    for (path, values) in output.gradients {
+        let p = store.get(&path);
+        match p.shape.len() {
+            1 => grads.register::<1>(
+                p.id,
+                Tensor::from_data(TensorData::new(values, [p.shape[0]]), &device),
+            ),
+            4 => {
+                let s = [p.shape[0], p.shape[1], p.shape[2], p.shape[3]];
+                grads.register::<4>(p.id, Tensor::from_data(TensorData::new(values, s), &device))
+            }
+            rank => unreachable!("the network has no parameter of rank {rank}"),
+        }
+    }
+    let net = optimizer.step(lr, net, grads);
+    let net = engine::write_values(net, &output.running);
+    tracing::debug!(
+        "kernels {:.3} s, optimizer {:.3} s",
+        (t1 - t0).as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
+    (net, output.loss)
+}
+
+fn write_model(out: &Path, meta: &ModelMeta, evaluation_net: &TriplanarNet) -> Result<()> {
+    ModelFile {
+        meta: meta.clone(),
+        weights: model::weights_to_bytes(evaluation_net)?,
+        optimizer: Vec::new(),
+        trainer_state: Vec::new(),
+    }
+    .save(&model_path(out))
+}
+
+/// A checkpoint can only continue the same training: same tasks, labels and network.
+fn check_compatible(found: &ModelMeta, wanted: &ModelMeta, path: &Path) -> Result<()> {
+    if found.label_space != wanted.label_space {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "the checkpoint was trained on tasks {:?}, not {:?}: use another --out folder",
+                found.task_names(),
+                wanted.task_names()
+            ),
+        ));
+    }
+    if found.network != wanted.network || found.training.tile != wanted.training.tile {
+        return Err(Error::invalid(
+            path,
+            "the checkpoint's network or tile settings differ from the requested ones",
+        ));
+    }
+    Ok(())
+}
