@@ -31,12 +31,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Demo(commands::demo::Args),
     Info(commands::info::Args),
     Convert(commands::convert::Args),
     Phantoms(commands::phantoms::Args),
     #[command(subcommand)]
     Datasets(commands::datasets::Command),
     Train(commands::train::Args),
+    Segment(commands::segment::Args),
+    Evaluate(commands::evaluate::Args),
+    Overlay(commands::overlay::Args),
+    Experiment(commands::experiment::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,11 +49,16 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     progress::set_quiet(cli.quiet);
     let result = match cli.command {
+        Command::Demo(args) => commands::demo::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Phantoms(args) => commands::phantoms::run(args),
         Command::Datasets(command) => commands::datasets::run(command),
         Command::Train(args) => commands::train::run(args),
+        Command::Segment(args) => commands::segment::run(args),
+        Command::Evaluate(args) => commands::evaluate::run(args),
+        Command::Overlay(args) => commands::overlay::run(args),
+        Command::Experiment(args) => commands::experiment::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

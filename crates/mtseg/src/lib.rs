@@ -7,9 +7,11 @@
 
 pub mod data;
 pub mod datasets;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod infer;
 pub mod io;
 pub mod model;

@@ -1,7 +1,12 @@
 pub mod convert;
 pub mod datasets;
+pub mod demo;
+pub mod evaluate;
+pub mod experiment;
 pub mod info;
+pub mod overlay;
 pub mod phantoms;
+pub mod segment;
 pub mod train;
 
 use std::path::Path;

@@ -3,6 +3,7 @@
 
 pub mod burn_engine;
 pub mod dense;
+pub mod pipeline;
 
 use serde::Serialize;
 
@@ -10,12 +11,13 @@ use crate::model::output::task_probabilities;
 use crate::model::{OutputLayout, OutputMode};
 pub use burn_engine::BurnEngine;
 pub use dense::{DenseSettings, Engine, NetworkInput};
+pub use pipeline::{SegmentReport, Segmenter, segment_file, sidecar_path};
 
 /// Which classes compete for each voxel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskChoice {
-    /// Every class of every task (the paper's behaviour in union mode; in per-task mode the
-    /// task is recognised first, see [`TaskChoice::Recognise`]).
+    /// Every class of every task (the paper's behaviour in union mode); in per-task mode the
+    /// task head recognises the task and its group decides.
     Automatic,
     /// Only this task's classes and background.
     Task(usize),

@@ -1,0 +1,136 @@
+//! `mtseg experiment`: the paper's experiment on any datasets.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use mtseg::experiment::{self, ExperimentObserver, ExperimentRequest, RunSpec};
+use mtseg::model::OutputMode;
+use mtseg::train::Observer;
+
+use super::train::{ModeArg, ProgressObserver, preset_from};
+
+/// Train every combination of the given tasks (each alone, every pair, ..., all together)
+/// with identical settings, segment each test split without telling the network the task,
+/// evaluate, and write the paper-style table (results.md, results.csv, results.png) to OUT.
+/// Finished combinations are skipped when run again.
+#[derive(clap::Args)]
+pub struct Args {
+    /// nnU-Net raw dataset folders, one per task (test cases from a splits.json beside
+    /// them, else every fifth case).
+    #[arg(long, required = true, num_args = 1..)]
+    datasets: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Settings: `paper`, `small`, or a JSON/TOML file.
+    #[arg(long, default_value = "small")]
+    config: String,
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Output layer of every network (see `mtseg train --help`).
+    #[arg(long, value_enum)]
+    output_mode: Option<ModeArg>,
+    /// Also train the network on all tasks with the other output mode (one more row: for
+    /// instance the paper's union softmax beside per-task outputs).
+    #[arg(long)]
+    compare_output_modes: bool,
+    /// Only train these combinations, e.g. `--only 0 --only 1,2` (task indices in the order
+    /// of --datasets).
+    #[arg(long, value_delimiter = ';')]
+    only: Vec<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Prints one line per run and draws a progress bar during training.
+pub struct ConsoleObserver {
+    progress: Option<ProgressObserver>,
+}
+
+impl ConsoleObserver {
+    pub fn new() -> Self {
+        ConsoleObserver { progress: None }
+    }
+}
+
+impl ExperimentObserver for ConsoleObserver {
+    fn run_started(&mut self, index: usize, total: usize, label: &str, skipped: bool) {
+        if let Some(p) = self.progress.take() {
+            p.finish();
+        }
+        let state = if skipped {
+            "done before, skipped"
+        } else {
+            "training"
+        };
+        eprintln!("[{}/{total}] {label}: {state}", index + 1);
+    }
+
+    fn training(&mut self) -> &mut dyn Observer {
+        if let Some(p) = self.progress.take() {
+            p.finish();
+        }
+        self.progress.insert(ProgressObserver::new("train"))
+    }
+}
+
+impl Drop for ConsoleObserver {
+    fn drop(&mut self) {
+        if let Some(p) = self.progress.take() {
+            p.finish();
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let preset = preset_from(&args.config, args.iterations, args.output_mode, args.seed)?;
+    let tasks = args.datasets.len();
+    let mode = preset.network.output_mode;
+    let mut runs = if args.only.is_empty() {
+        experiment::all_combinations(tasks, mode)
+    } else {
+        args.only
+            .iter()
+            .map(|spec| {
+                let tasks = spec
+                    .split(',')
+                    .map(|t| {
+                        t.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&t| t < args.datasets.len())
+                    })
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--only {spec}: task indices from 0 to {}",
+                            args.datasets.len() - 1
+                        )
+                    })?;
+                Ok(RunSpec {
+                    tasks,
+                    output_mode: mode,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    if args.compare_output_modes {
+        let other = match mode {
+            OutputMode::Union => OutputMode::PerTask,
+            OutputMode::PerTask => OutputMode::Union,
+        };
+        runs.push(RunSpec {
+            tasks: (0..tasks).collect(),
+            output_mode: other,
+        });
+    }
+    let request = ExperimentRequest {
+        datasets: args.datasets,
+        out: args.out.clone(),
+        preset,
+        runs,
+    };
+    let table = experiment::run(&request, &mut ConsoleObserver::new())?;
+    print!("{}", table.to_markdown());
+    println!("\nwrote {}", args.out.join("results.md").display());
+    Ok(())
+}

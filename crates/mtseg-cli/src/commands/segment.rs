@@ -1,0 +1,223 @@
+//! `mtseg segment`: label maps for scans, on their own grid.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use mtseg::infer::{Segmenter, segment_file};
+use mtseg::io;
+
+/// Segment a scan, or every scan in a folder. Label maps are written with the input's exact
+/// grid and header geometry, with a JSON sidecar that says which label values they use.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A volume file, or a folder of them.
+    #[arg(short, long)]
+    input: PathBuf,
+    /// The label map to write (.nii or .nii.gz), or a folder when INPUT is a folder.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// A model file (model.mtseg from `mtseg train`).
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Only this task's classes and background compete (default: the model decides).
+    #[arg(long)]
+    task: Option<String>,
+    /// Also write the probability of the winning class (a confidence map) here; with a
+    /// folder INPUT, a folder.
+    #[arg(long)]
+    probabilities: Option<PathBuf>,
+    /// Where to run the network.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Replace existing outputs.
+    #[arg(long)]
+    overwrite: bool,
+    /// With a folder INPUT: segment only shard I of N (`--shard 0/4`), a deterministic
+    /// subset, so that N jobs can share a cohort and one output folder.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Gpu,
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let (i, n) = text.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let i: usize = i.trim().parse().map_err(|_| "I must be a whole number")?;
+    let n: usize = n.trim().parse().map_err(|_| "N must be a whole number")?;
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: I must be below N"));
+    }
+    Ok((i, n))
+}
+
+/// `case_0000.nii.gz` -> `case.nii.gz` (nnU-Net naming), `scan.nrrd` -> `scan.nii.gz`.
+fn output_name(input: &Path) -> String {
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lower = name.to_ascii_lowercase();
+    let stem_len = [".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"]
+        .iter()
+        .find(|e| lower.ends_with(*e))
+        .map_or(name.len(), |e| name.len() - e.len());
+    let stem = &name[..stem_len];
+    format!("{}.nii.gz", stem.strip_suffix("_0000").unwrap_or(stem))
+}
+
+pub fn load_segmenter(model: Option<&Path>, device: DeviceArg) -> Result<Segmenter> {
+    if let DeviceArg::Gpu = device {
+        bail!(
+            "this mtseg was built for the CPU only: segmentation runs on mtseg's own CPU kernels (see the README's GPU section)"
+        );
+    }
+    let Some(path) = model else {
+        bail!("no --model given: give a model file from `mtseg train` (model.mtseg)");
+    };
+    Ok(Segmenter::load(path)?)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let segmenter = load_segmenter(args.model.as_deref(), args.device)?;
+    let task = args
+        .task
+        .as_deref()
+        .map(|t| segmenter.task_index(t))
+        .transpose()?;
+    if args.input.is_dir() {
+        return run_folder(&segmenter, &args, task);
+    }
+    if args.shard.is_some() {
+        bail!("--shard needs a folder as --input");
+    }
+    super::check_output(&args.input, &args.output, args.overwrite)?;
+    if let Some(p) = &args.probabilities {
+        super::check_output(&args.input, p, args.overwrite)?;
+    }
+    let report = segment_file(
+        &segmenter,
+        &args.input,
+        &args.output,
+        task,
+        args.probabilities.as_deref(),
+    )?;
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(report: &mtseg::infer::SegmentReport) {
+    let task = report
+        .task
+        .as_deref()
+        .unwrap_or("several tasks (joint label values)");
+    let recognised = report
+        .recognition
+        .as_ref()
+        .map(|r| format!(", recognised with confidence {:.2}", r.confidence))
+        .unwrap_or_default();
+    println!(
+        "{} -> {}  [{task}{recognised}, {:.1} s]",
+        report.input.display(),
+        report.output.display(),
+        report.seconds
+    );
+}
+
+fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<()> {
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&args.input)
+        .with_context(|| format!("{}: cannot list the folder", args.input.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && io::is_volume_file(p))
+        .collect();
+    inputs.sort();
+    if inputs.is_empty() {
+        bail!(
+            "{}: no volume files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd)",
+            args.input.display()
+        );
+    }
+    if let Some((i, n)) = args.shard {
+        inputs = inputs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, p)| p)
+            .collect();
+    }
+    if args.output.exists() && !args.output.is_dir() {
+        bail!(
+            "{}: INPUT is a folder, so OUTPUT must be a folder",
+            args.output.display()
+        );
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("{}: cannot create", args.output.display()))?;
+    if let Some(p) = &args.probabilities {
+        std::fs::create_dir_all(p).with_context(|| format!("{}: cannot create", p.display()))?;
+    }
+    let bar = crate::progress::bar(inputs.len() as u64, "segment");
+    let mut failures = 0;
+    for input in &inputs {
+        let name = output_name(input);
+        let output = args.output.join(&name);
+        let probabilities = args.probabilities.as_ref().map(|p| p.join(&name));
+        let result = super::check_output(input, &output, args.overwrite).and_then(|_| {
+            Ok(segment_file(
+                segmenter,
+                input,
+                &output,
+                task,
+                probabilities.as_deref(),
+            )?)
+        });
+        match result {
+            Ok(report) => bar.println(format!(
+                "{} -> {}",
+                input.display(),
+                report.task.as_deref().unwrap_or("joint labels")
+            )),
+            Err(e) => {
+                failures += 1;
+                bar.println(format!("error: {e:#}"));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "{} of {} scans segmented into {}",
+        inputs.len() - failures,
+        inputs.len(),
+        args.output.display()
+    );
+    if failures > 0 {
+        bail!("{failures} scans failed (see above)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_follow_nnunet() {
+        assert_eq!(
+            output_name(Path::new("a/case_001_0000.nii.gz")),
+            "case_001.nii.gz"
+        );
+        assert_eq!(output_name(Path::new("scan.nrrd")), "scan.nii.gz");
+        assert_eq!(output_name(Path::new("x.NII")), "x.nii.gz");
+    }
+
+    #[test]
+    fn shards_parse() {
+        assert_eq!(parse_shard("1/4"), Ok((1, 4)));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("x").is_err());
+    }
+}

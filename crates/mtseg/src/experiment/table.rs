@@ -1,0 +1,224 @@
+//! The paper-style results table: one row per trained network, one column per task/class
+//! (mean test Dice), plus the cross-task confusion; as Markdown, CSV and a bar chart.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::RunResult;
+use crate::datasets::TaskSet;
+use crate::error::{Error, Result};
+use crate::io::atomic;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub label: String,
+    /// The run's folder under `runs/`.
+    pub folder: String,
+    /// Mean test Dice per column (`None`: the network did not learn that task).
+    pub dice: Vec<Option<f64>>,
+    /// Mean test HD95 (mm) per column.
+    pub hd95_mm: Vec<Option<f64>>,
+    /// Other-task voxels as a share of all foreground voxels of the test scans.
+    pub confusion: Option<f64>,
+    pub train_seconds: f64,
+    pub iterations: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ResultsTable {
+    /// `task/class` per column.
+    pub columns: Vec<(String, String)>,
+    pub rows: Vec<Row>,
+}
+
+impl ResultsTable {
+    pub fn new(set: &TaskSet, results: &[RunResult]) -> Self {
+        let columns: Vec<(String, String)> = set
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                t.classes
+                    .iter()
+                    .map(move |(c, _)| (t.name.clone(), c.clone()))
+            })
+            .collect();
+        let rows = results
+            .iter()
+            .map(|r| {
+                let stat = |task: &str, class: &str| {
+                    r.evaluation
+                        .classes
+                        .iter()
+                        .find(|s| s.task == task && s.class.name == class)
+                };
+                let (other, foreground) = r
+                    .evaluation
+                    .cases
+                    .iter()
+                    .filter_map(|c| c.confusion.as_ref())
+                    .fold((0usize, 0usize), |(o, f), c| {
+                        (o + c.other_task_voxels(), f + c.foreground_voxels)
+                    });
+                Row {
+                    label: r.label.clone(),
+                    folder: r
+                        .folder
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    dice: columns
+                        .iter()
+                        .map(|(t, c)| stat(t, c).and_then(|s| s.dice.mean))
+                        .collect(),
+                    hd95_mm: columns
+                        .iter()
+                        .map(|(t, c)| stat(t, c).and_then(|s| s.hd95_mm.mean))
+                        .collect(),
+                    confusion: (foreground > 0).then(|| other as f64 / foreground as f64),
+                    train_seconds: r.train_seconds,
+                    iterations: r.iterations,
+                }
+            })
+            .collect();
+        ResultsTable { columns, rows }
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        let header: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(t, c)| format!("{t}<br>{c}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| network trained on | {} | cross-task confusion | training |",
+            header.join(" | ")
+        );
+        let _ = writeln!(md, "|---|{}---|---|", "---|".repeat(self.columns.len()));
+        for row in &self.rows {
+            let cells: Vec<String> = row
+                .dice
+                .iter()
+                .map(|d| d.map_or("".to_string(), |d| format!("{d:.3}")))
+                .collect();
+            let confusion = row
+                .confusion
+                .map_or("".to_string(), |c| format!("{:.3}%", 100.0 * c));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {confusion} | {} it, {:.0} s |",
+                row.label,
+                cells.join(" | "),
+                row.iterations,
+                row.train_seconds
+            );
+        }
+        md.push_str("\nMean Dice on the test cases (no task given at segmentation: each network labels every voxel with any class it knows). Cross-task confusion: voxels given a class of another task, as a share of all voxels given a foreground class.\n");
+        md
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("network");
+        for (t, c) in &self.columns {
+            let _ = write!(out, ",dice:{t}/{c}");
+        }
+        for (t, c) in &self.columns {
+            let _ = write!(out, ",hd95_mm:{t}/{c}");
+        }
+        out.push_str(",confusion_share_of_foreground,iterations,train_seconds\n");
+        let opt = |v: &Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
+        for row in &self.rows {
+            out.push_str(&format!("\"{}\"", row.label));
+            for d in row.dice.iter().chain(&row.hd95_mm) {
+                let _ = write!(out, ",{}", opt(d));
+            }
+            let _ = writeln!(
+                out,
+                ",{},{},{:.1}",
+                opt(&row.confusion),
+                row.iterations,
+                row.train_seconds
+            );
+        }
+        out
+    }
+
+    /// Grouped bars: one group per task/class, one bar per network that learned it.
+    fn draw(&self, path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let width = (160 * self.columns.len() as u32).max(640);
+        let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let groups = self.columns.len();
+        let bars = self.rows.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "test Dice per task/class and training configuration",
+                ("sans-serif", 20),
+            )
+            .margin(10)
+            .x_label_area_size(60)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0f64..groups as f64, 0f64..1f64)?;
+        let labels: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(t, c)| format!("{t}/{c}"))
+            .collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups)
+            .x_label_formatter(&|x| {
+                let i = (*x - 0.5).round() as usize;
+                if (x - (i as f64 + 0.5)).abs() < 1e-6 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("Dice")
+            .draw()?;
+        let slot = 0.8 / bars.max(1) as f64;
+        for (r, row) in self.rows.iter().enumerate() {
+            let c = crate::report::overlay::label_colour(r as u16 + 1);
+            let colour = RGBColor(c[0], c[1], c[2]);
+            chart
+                .draw_series(row.dice.iter().enumerate().filter_map(|(g, d)| {
+                    d.map(|d| {
+                        let x0 = g as f64 + 0.1 + r as f64 * slot;
+                        Rectangle::new([(x0, 0.0), (x0 + slot * 0.9, d)], colour.filled())
+                    })
+                }))?
+                .label(row.label.clone())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+
+    /// Writes `results.md`, `results.csv`, `results.json` and `results.png` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        atomic::write_bytes(&dir.join("results.md"), self.to_markdown().as_bytes())?;
+        atomic::write_bytes(&dir.join("results.csv"), self.to_csv().as_bytes())?;
+        atomic::write_json(&dir.join("results.json"), self)?;
+        crate::report::fonts::register();
+        let png = dir.join("results.png");
+        atomic::write_with(&png, |temp| {
+            self.draw(temp)
+                .map_err(|e| Error::invalid(&png, format!("cannot draw the chart: {e}")))
+        })
+    }
+}
