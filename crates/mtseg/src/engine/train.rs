@@ -111,7 +111,7 @@ fn branch_forward(
 
 /// Per-channel sum and sum of squares (f64) of channels-last values.
 fn channel_sums(values: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>) {
-    values
+    let parts = values
         .par_chunks(channels * 4096)
         .map(|part| {
             let mut s = vec![0f64; channels];
@@ -125,16 +125,24 @@ fn channel_sums(values: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>) {
             }
             (s, s2)
         })
-        .reduce(
-            || (vec![0f64; channels], vec![0f64; channels]),
-            |(mut a, mut a2), (b, b2)| {
-                for c in 0..channels {
-                    a[c] += b[c];
-                    a2[c] += b2[c];
-                }
-                (a, a2)
-            },
-        )
+        .collect();
+    sum_in_order(parts, channels)
+}
+
+/// Sums per-chunk partial results in chunk order. rayon's `reduce` combines partials in an
+/// order that depends on scheduling; floating-point sums would then differ between runs,
+/// and a resumed training would not reproduce an uninterrupted one bit for bit.
+fn sum_in_order<T>(parts: Vec<(Vec<T>, Vec<T>)>, len: usize) -> (Vec<T>, Vec<T>)
+where
+    T: Copy + Default + std::ops::AddAssign,
+{
+    let mut a = vec![T::default(); len];
+    let mut b = vec![T::default(); parts.first().map_or(len, |p| p.1.len())];
+    for (x, y) in parts {
+        a.iter_mut().zip(&x).for_each(|(s, v)| *s += *v);
+        b.iter_mut().zip(&y).for_each(|(s, v)| *s += *v);
+    }
+    (a, b)
 }
 
 /// Backward of one branch: `d_output` is the gradient at the last layer's output.
@@ -166,7 +174,7 @@ fn branch_backward(
             .for_each(|(d, a)| *d *= elu_derivative_from_output(*a));
         // Batch norm with batch statistics.
         let count = (n * cache.h * cache.w) as f64;
-        let (sum_dy, sum_dy_xh) = d_output
+        let parts = d_output
             .par_chunks(co * 4096)
             .zip(cache.normalised.par_chunks(co * 4096))
             .map(|(d, xh)| {
@@ -180,16 +188,8 @@ fn branch_backward(
                 }
                 (s, sx)
             })
-            .reduce(
-                || (vec![0f64; co], vec![0f64; co]),
-                |(mut a, mut ax), (b, bx)| {
-                    for c in 0..co {
-                        a[c] += b[c];
-                        ax[c] += bx[c];
-                    }
-                    (a, ax)
-                },
-            );
+            .collect();
+        let (sum_dy, sum_dy_xh) = sum_in_order(parts, co);
         let g = &layer.gamma;
         let shift: Vec<f32> = (0..co)
             .map(|c| (g[c] as f64 * sum_dy[c] / count) as f32)
@@ -232,7 +232,7 @@ fn branch_backward(
             (0..n).map(|_| None).collect()
         };
         let weight_len = layer.conv.weight.len();
-        let (dw, db) = d_output
+        let parts = d_output
             .par_chunks(out_size)
             .zip(x.par_chunks(in_size))
             .zip(dx_parts.par_iter_mut())
@@ -252,14 +252,8 @@ fn branch_backward(
                 );
                 (dw, db)
             })
-            .reduce(
-                || (vec![0f32; weight_len], vec![0f32; co]),
-                |(mut a, mut ab), (b, bb)| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    ab.iter_mut().zip(&bb).for_each(|(x, y)| *x += y);
-                    (a, ab)
-                },
-            );
+            .collect();
+        let (dw, db) = sum_in_order(parts, weight_len);
         gradients.insert(format!("{p}.conv.weight"), layer.conv.to_oihw(&dw));
         gradients.insert(format!("{p}.conv.bias"), db);
         drop(dx_parts);

@@ -102,7 +102,9 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         ));
     } else {
         let data_path = path.parent().unwrap_or(Path::new(".")).join(data_file);
-        let mut file = open_file(&data_path)?;
+        let mut file = open_file(&data_path).map_err(|e| {
+            Error::invalid(path, format!("cannot open its data file {data_file}: {e}"))
+        })?;
         // HeaderSize: bytes to skip in the data file; -1 means "the data is at the end".
         let header_size: i64 = field("HeaderSize").map_or(Ok(0), |v| {
             v.trim()

@@ -106,7 +106,10 @@ pub fn read(path: &Path) -> Result<RawVolume> {
                 ));
             }
             let data_path = path.parent().unwrap_or(Path::new(".")).join(name);
-            Box::new(BufReader::new(open_file(&data_path)?))
+            let file = open_file(&data_path).map_err(|e| {
+                Error::invalid(path, format!("cannot open its data file {name}: {e}"))
+            })?;
+            Box::new(BufReader::new(file))
         }
     };
     let bytes = match encoding.as_str() {

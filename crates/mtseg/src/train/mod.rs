@@ -95,6 +95,14 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
     let mut validation = Vec::new();
     let mut tasks = Vec::new();
     for (t, task) in set.tasks.iter().enumerate() {
+        // Every case is checked before training starts (as nnU-Net verifies a dataset):
+        // a broken test case should not surface only at the end of a long run.
+        observer.message(&format!(
+            "{}: checking {} cases",
+            task.name,
+            task.training.len() + task.test.len()
+        ));
+        task.check()?;
         let split = match &request.splits {
             Some(splits) => splits[t].clone(),
             None => Splits::find_for(task)?.split_for(task)?,
