@@ -30,3 +30,16 @@ pub fn bar(len: u64, message: &str) -> ProgressBar {
 pub fn is_quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
+
+/// A line above the bar; printed plainly when the bar is not drawn (not a terminal), so that
+/// logs keep it.
+pub fn say(bar: &ProgressBar, text: &str) {
+    if is_quiet() {
+        return;
+    }
+    if bar.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        bar.println(text);
+    }
+}

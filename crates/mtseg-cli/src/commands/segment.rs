@@ -175,14 +175,18 @@ fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result
             )?)
         });
         match result {
-            Ok(report) => bar.println(format!(
-                "{} -> {}",
-                input.display(),
-                report.task.as_deref().unwrap_or("joint labels")
-            )),
+            Ok(report) => crate::progress::say(
+                &bar,
+                &format!(
+                    "{} -> {}",
+                    input.display(),
+                    report.task.as_deref().unwrap_or("joint labels")
+                ),
+            ),
             Err(e) => {
                 failures += 1;
-                bar.println(format!("error: {e:#}"));
+                // Errors are printed even with --quiet.
+                eprintln!("error: {e:#}");
             }
         }
         bar.inc(1);

@@ -91,14 +91,17 @@ impl Observer for ProgressObserver {
     }
 
     fn validated(&mut self, row: &ValidationRow) {
-        self.bar.println(format!(
-            "iteration {:>6}: validation mean Dice {:.3}",
-            row.iteration, row.mean_dice
-        ));
+        crate::progress::say(
+            &self.bar,
+            &format!(
+                "iteration {:>6}: validation mean Dice {:.3}",
+                row.iteration, row.mean_dice
+            ),
+        );
     }
 
     fn message(&mut self, text: &str) {
-        self.bar.println(text);
+        crate::progress::say(&self.bar, text);
     }
 }
 

@@ -27,7 +27,7 @@ pub struct Segmenter {
 impl Segmenter {
     /// Loads a model file for segmentation on the CPU.
     pub fn load(path: &Path) -> Result<Self> {
-        let model = Model::load(path, &burn::prelude::Device::flex())?;
+        let model = Model::load_cpu(path)?;
         Ok(Segmenter::new(model, path))
     }
 

@@ -83,6 +83,11 @@ pub struct Model {
 }
 
 impl Model {
+    /// Loads a model file onto the CPU.
+    pub fn load_cpu(path: &Path) -> Result<Model> {
+        Self::load(path, &Device::flex())
+    }
+
     pub fn load(path: &Path, device: &Device) -> Result<Model> {
         let file = ModelFile::load(path)?;
         let net = network_from_bytes(&file.meta, &file.weights, device, path)?;

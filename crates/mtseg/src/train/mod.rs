@@ -236,53 +236,55 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     let device = Device::flex().autodiff();
     let mut meta = data.meta.clone();
 
-    let (mut net, mut optimizer, mut state) =
-        if request.resume && checkpoint_path(&request.out).is_file() {
-            let file = load_checkpoint(&request.out, observer)?;
-            check_compatible(&file.meta, &meta, &checkpoint_path(&request.out))?;
-            let net = model::network_from_bytes(
-                &file.meta,
-                &file.weights,
-                &device,
-                &checkpoint_path(&request.out),
-            )?;
-            let optimizer: ModuleOptimizer = adam(&config)
-                .init()
-                .from_bytes(Bytes::from_bytes_vec(file.optimizer.clone()))
-                .map_err(|e| {
-                    Error::invalid(
-                        checkpoint_path(&request.out),
-                        format!("unreadable optimizer state: {e:?}"),
-                    )
-                })?;
-            let state: TrainerState = serde_json::from_slice(&file.trainer_state).map_err(|e| {
+    // A crash between rotating and writing checkpoints leaves only the previous one.
+    let has_checkpoint =
+        checkpoint_path(&request.out).is_file() || previous_checkpoint_path(&request.out).is_file();
+    let (mut net, mut optimizer, mut state) = if request.resume && has_checkpoint {
+        let file = load_checkpoint(&request.out, observer)?;
+        check_compatible(&file.meta, &meta, &checkpoint_path(&request.out))?;
+        let net = model::network_from_bytes(
+            &file.meta,
+            &file.weights,
+            &device,
+            &checkpoint_path(&request.out),
+        )?;
+        let optimizer: ModuleOptimizer = adam(&config)
+            .init()
+            .from_bytes(Bytes::from_bytes_vec(file.optimizer.clone()))
+            .map_err(|e| {
                 Error::invalid(
                     checkpoint_path(&request.out),
-                    format!("unreadable trainer state: {e}"),
+                    format!("unreadable optimizer state: {e:?}"),
                 )
             })?;
-            observer.message(&format!("resuming at iteration {}", state.iteration));
-            (net, optimizer, state)
-        } else {
-            if request.resume {
-                observer.message("no checkpoint to resume from: starting afresh");
-            }
-            let net = model::init_network(&meta, config.seed, &device);
-            let state = TrainerState {
-                iteration: 0,
-                sampler: BalancedSampler::new(config.seed),
-                history: History {
-                    class_names: (1..meta.label_space.num_classes() as u16)
-                        .map(|j| meta.label_space.joint_name(j))
-                        .collect(),
-                    ..History::default()
-                },
-                best_dice: None,
-                validations_since_best: 0,
-                elapsed_s: 0.0,
-            };
-            (net, adam(&config).init(), state)
+        let state: TrainerState = serde_json::from_slice(&file.trainer_state).map_err(|e| {
+            Error::invalid(
+                checkpoint_path(&request.out),
+                format!("unreadable trainer state: {e}"),
+            )
+        })?;
+        observer.message(&format!("resuming at iteration {}", state.iteration));
+        (net, optimizer, state)
+    } else {
+        if request.resume {
+            observer.message("no checkpoint to resume from: starting afresh");
+        }
+        let net = model::init_network(&meta, config.seed, &device);
+        let state = TrainerState {
+            iteration: 0,
+            sampler: BalancedSampler::new(config.seed),
+            history: History {
+                class_names: (1..meta.label_space.num_classes() as u16)
+                    .map(|j| meta.label_space.joint_name(j))
+                    .collect(),
+                ..History::default()
+            },
+            best_dice: None,
+            validations_since_best: 0,
+            elapsed_s: 0.0,
         };
+        (net, adam(&config).init(), state)
+    };
 
     let mut store = ParamStore::read(&net);
     let receptive_field = meta.network.patch_size();
