@@ -473,8 +473,10 @@ pub fn write_dataset_cases(root: &Path) -> Vec<(DatasetCase, PathBuf)> {
             .collect::<Vec<_>>(),
         1.0,
     );
-    let mut h = Nifti1::default();
-    h.dim = [3, 4, 4, 5, 1, 1, 1, 1];
+    let h = Nifti1 {
+        dim: [3, 4, 4, 5, 1, 1, 1, 1],
+        ..Nifti1::default()
+    };
     let bigger = gzip(&h.bytes(&floats(&[0.0; 80])));
     let mut cases = vec![
         make("ds_valid", json, files(&[]), Expect::Ok),

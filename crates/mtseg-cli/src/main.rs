@@ -42,6 +42,7 @@ enum Command {
     Evaluate(commands::evaluate::Args),
     Overlay(commands::overlay::Args),
     Experiment(commands::experiment::Args),
+    Bench(commands::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => commands::evaluate::run(args),
         Command::Overlay(args) => commands::overlay::run(args),
         Command::Experiment(args) => commands::experiment::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! [`io`] reads and writes volumes, [`datasets`] reads nnU-Net raw folders as tasks,
 //! [`phantoms`] makes synthetic tasks, [`preprocess`] resamples and normalises.
 
+pub mod bench;
 pub mod data;
 pub mod datasets;
 pub mod demo;

@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod convert;
 pub mod datasets;
 pub mod demo;

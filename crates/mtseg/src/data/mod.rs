@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::datasets::{Case, LabelSpace, Modality, Task};
 use crate::error::{Error, Result};
 use crate::io::{Image, LabelMap};
-use crate::preprocess::{self, Normalization, Prepared, Preprocessing};
+use crate::preprocess::{self, Normalization, Prepared, Preprocessing, normalize};
 
 pub use sampler::{BalancedSampler, Batch};
 
@@ -60,7 +60,8 @@ pub fn read_cases(
 }
 
 /// How a task's images will be prepared, measured on its training cases: nnU-Net's median
-/// spacing, and for CT the window and statistics of the labelled foreground.
+/// spacing, and for CT a window and statistics measured over the body (see
+/// [`Normalization::ct_from_body`]).
 pub fn plan_preprocessing(
     modality: Modality,
     cases: &[(String, Image, LabelMap)],
@@ -73,21 +74,18 @@ pub fn plan_preprocessing(
     let normalization = match modality {
         Modality::MR => Normalization::MrRobustZ,
         Modality::CT => {
-            let foreground: Vec<f32> = cases
+            // A subsample is enough for percentiles and moments.
+            let total: usize = cases.iter().map(|(_, image, _)| image.data.len()).sum();
+            let stride = (total / 4_000_000).max(1);
+            let body: Vec<f32> = cases
                 .iter()
-                .flat_map(|(_, image, labels)| {
-                    image
-                        .data
-                        .iter()
-                        .zip(&labels.data)
-                        .filter(|(_, l)| **l > 0)
-                        .map(|(v, _)| *v)
-                })
+                .flat_map(|(_, image, _)| image.data.iter().step_by(stride).copied())
+                .filter(|&v| v > normalize::CT_AIR_HU)
                 .collect();
-            if foreground.is_empty() {
+            if body.is_empty() {
                 Normalization::default_for(Modality::CT)
             } else {
-                Normalization::ct_from_foreground(&foreground)
+                Normalization::ct_from_body(&body)
             }
         }
     };

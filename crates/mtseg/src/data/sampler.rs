@@ -85,10 +85,10 @@ impl BalancedSampler {
             tasks: Vec::with_capacity(cubes),
             centre_classes: Vec::with_capacity(cubes),
         };
-        for task in 0..tasks {
+        for (task, &task_classes) in classes_per_task.iter().enumerate().take(tasks) {
             let of_task: Vec<&TrainingVolume> = volumes.iter().filter(|v| v.task == task).collect();
             assert!(!of_task.is_empty(), "task {task} has no training volume");
-            let n_classes = classes_per_task[task] + 1;
+            let n_classes = task_classes + 1;
             // Cycle through the classes from a random start: equal counts per class.
             let start = self.rng.random_range(0..n_classes);
             for s in 0..per_task {

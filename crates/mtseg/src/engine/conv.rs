@@ -9,6 +9,8 @@
 //! (the last two columns of each row are not valid outputs and are dropped when the result
 //! is compacted to (w - 2) columns).
 
+use rayon::prelude::*;
+
 use super::matmul::{View, matmul};
 
 /// Weights as `[dy][dx][ci][co]`: three row-major (3ci x co) matrices, one per dy.
@@ -80,7 +82,7 @@ pub fn forward_image(
     out: &mut [f32],
     scratch: &mut Vec<f32>,
     threads: usize,
-    epilogue: &impl Fn(&mut [f32]),
+    epilogue: &(impl Fn(&mut [f32]) + Sync),
 ) {
     assert!(
         h >= 3 && w >= 3,
@@ -88,8 +90,10 @@ pub fn forward_image(
     );
     let (ci, co) = (conv.ci, conv.co);
     let m = full_rows(h, w);
-    scratch.clear();
-    scratch.resize(m * co, 0.0);
+    // The first product overwrites the scratch: no need to clear it.
+    if scratch.len() < m * co {
+        scratch.resize(m * co, 0.0);
+    }
     let k = conv.tap_rows();
     for dy in 0..3 {
         matmul(
@@ -107,15 +111,21 @@ pub fn forward_image(
         );
     }
     let (ho, wo) = (h - 2, w - 2);
-    for y in 0..ho {
-        for xo in 0..wo {
+    let scratch = &scratch[..];
+    let row = |(y, dst): (usize, &mut [f32])| {
+        for (xo, pixel) in dst.chunks_mut(co).enumerate() {
             let src = &scratch[(y * w + xo) * co..][..co];
-            let dst = &mut out[(y * wo + xo) * co..][..co];
-            for ((d, s), b) in dst.iter_mut().zip(src).zip(&conv.bias) {
+            for ((d, s), b) in pixel.iter_mut().zip(src).zip(&conv.bias) {
                 *d = s + b;
             }
-            epilogue(dst);
+            epilogue(pixel);
         }
+    };
+    let out = &mut out[..ho * wo * co];
+    if threads > 1 {
+        out.par_chunks_mut(wo * co).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(wo * co).enumerate().for_each(row);
     }
 }
 

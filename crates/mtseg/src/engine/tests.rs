@@ -146,7 +146,7 @@ fn volume(task: usize, seed: usize) -> TrainingVolume {
         .map(|i| match (task, (i * 13 + seed) % 7) {
             (0, 0) => 1,
             (0, 1) => 2,
-            (1, 0 | 1 | 2) => 3,
+            (1, 0..=2) => 3,
             _ => 0,
         })
         .collect();
@@ -231,7 +231,7 @@ fn training_gradients_match_burn_autodiff() {
         let config = TrainConfig::new()
             .with_tile(3)
             .with_samples_per_task(2)
-            .with_class_weighted(weighted);
+            .with_class_balance(if weighted { 1.0 } else { 0.0 });
         let batch = BalancedSampler::new(9).next_batch(
             &volumes,
             2,

@@ -14,6 +14,7 @@ use super::matmul::{View, matmul};
 use super::network::{CpuNetwork, Dense};
 use crate::data::Batch;
 use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig};
+use crate::train::loss::voxel_weights;
 
 /// Batch-norm running statistics move this far towards each batch's (as in burn).
 const MOMENTUM: f32 = 0.1;
@@ -428,53 +429,23 @@ pub fn train_step(
     // Loss and its gradient at the logits.
     let c = net.classes.outputs;
     let mut d_logits = vec![0f32; voxels * c];
-    let weights: Vec<f32> = if config.class_weighted {
-        let mut counts = std::collections::HashMap::new();
-        for &l in &batch.labels {
-            *counts.entry(l).or_insert(0usize) += 1;
-        }
-        batch
-            .labels
-            .iter()
-            .map(|l| 1.0 / counts[l] as f32)
-            .collect()
-    } else {
-        vec![1.0; voxels]
-    };
+    let weights = voxel_weights(batch, layout.groups.len(), config.class_balance);
     let per_cube = k * k * k;
     let all: Vec<usize> = (0..c).collect();
     let mut loss = 0f64;
-    match layout.mode {
-        OutputMode::Union => {
-            let total: f32 = weights.iter().sum();
-            for v in 0..voxels {
-                loss += softmax_cross_entropy(
-                    &logits[v * c..][..c],
-                    &all,
-                    batch.targets[v] as usize,
-                    weights[v] / total,
-                    &mut d_logits[v * c..][..c],
-                );
-            }
-        }
-        OutputMode::PerTask => {
-            let tasks = layout.groups.len();
-            let per_task = voxels / tasks;
-            for (t, group) in layout.groups.iter().enumerate() {
-                let range = t * per_task..(t + 1) * per_task;
-                let total: f32 = weights[range.clone()].iter().sum();
-                for v in range {
-                    let w = weights[v] / total / tasks as f32;
-                    loss += softmax_cross_entropy(
-                        &logits[v * c..][..c],
-                        group,
-                        batch.targets[v] as usize,
-                        w,
-                        &mut d_logits[v * c..][..c],
-                    );
-                }
-            }
-        }
+    for v in 0..voxels {
+        let task = batch.tasks[v / per_cube];
+        let channels = match layout.mode {
+            OutputMode::Union => &all,
+            OutputMode::PerTask => &layout.groups[task],
+        };
+        loss += softmax_cross_entropy(
+            &logits[v * c..][..c],
+            channels,
+            batch.targets[v] as usize,
+            weights[v],
+            &mut d_logits[v * c..][..c],
+        );
     }
     let mut d_d2 = dense_backward_into(
         &net.classes,

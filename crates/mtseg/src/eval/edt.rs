@@ -104,7 +104,7 @@ mod tests {
         let n = 7 * 5 * 4;
         let seeds: Vec<bool> = (0..n).map(|i| (i * 37 + 11) % 23 == 0).collect();
         let d = squared_distance(&seeds, shape, spacing);
-        for i in 0..n {
+        for (i, &found) in d.iter().enumerate() {
             let (x, y, z) = (i % 7, (i / 7) % 5, i / 35);
             let mut best = f64::INFINITY;
             for j in (0..n).filter(|&j| seeds[j]) {
@@ -114,7 +114,7 @@ mod tests {
                     + ((z as f64 - c as f64) * 0.5).powi(2);
                 best = best.min(dd);
             }
-            assert!((d[i] - best).abs() < 1e-9, "voxel {i}: {} vs {best}", d[i]);
+            assert!((found - best).abs() < 1e-9, "voxel {i}: {found} vs {best}");
         }
     }
 

@@ -229,8 +229,7 @@ pub fn evaluate_pairs(
                 &values,
                 &reference.data,
                 &task.classes,
-                reference.grid.shape,
-                reference.grid.spacing(),
+                &reference.grid,
                 confusion,
             ))
         })

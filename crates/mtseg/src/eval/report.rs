@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{ClassMetrics, class_metrics};
 use crate::error::Result;
-use crate::io::atomic;
+use crate::io::{Grid, atomic};
 
 /// A class to evaluate: its id in the label maps and its name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,10 +67,10 @@ pub fn evaluate_case(
     predicted: &[u16],
     reference: &[u16],
     classes: &[ClassSpec],
-    shape: [usize; 3],
-    spacing: [f64; 3],
+    grid: &Grid,
     confusion: Option<CaseConfusion>,
 ) -> CaseEvaluation {
+    let spacing = grid.spacing();
     CaseEvaluation {
         case: case.to_string(),
         task: task.to_string(),
@@ -79,7 +79,7 @@ pub fn evaluate_case(
             .map(|c| {
                 (
                     c.clone(),
-                    class_metrics(predicted, reference, c.id, shape, spacing),
+                    class_metrics(predicted, reference, c.id, grid.shape, spacing),
                 )
             })
             .collect(),
@@ -314,7 +314,7 @@ mod tests {
             id: 1,
             name: "organ".into(),
         };
-        let shape = [4, 4, 1];
+        let grid = Grid::axis_aligned([4, 4, 1], [1.0; 3]);
         let reference: Vec<u16> = (0..16).map(|i| u16::from(i < 8)).collect();
         let perfect = evaluate_case(
             "a",
@@ -322,8 +322,7 @@ mod tests {
             &reference,
             &reference,
             std::slice::from_ref(&spec),
-            shape,
-            [1.0; 3],
+            &grid,
             None,
         );
         let half: Vec<u16> = (0..16).map(|i| u16::from(i < 4)).collect();
@@ -333,16 +332,7 @@ mod tests {
             foreground_voxels: 5,
             voxels_by_task: [("T".to_string(), 4), ("U".to_string(), 1)].into(),
         };
-        let partial = evaluate_case(
-            "b",
-            "T",
-            &half,
-            &reference,
-            &[spec],
-            shape,
-            [1.0; 3],
-            Some(confusion),
-        );
+        let partial = evaluate_case("b", "T", &half, &reference, &[spec], &grid, Some(confusion));
         let report = EvaluationReport::new(vec![perfect, partial]);
         let dice = &report.classes[0].dice;
         assert!((dice.mean.unwrap() - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-9);

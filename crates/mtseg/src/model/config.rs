@@ -75,9 +75,12 @@ pub struct TrainConfig {
     /// Learning rate decays as (1 - t / iterations)^power (nnU-Net's "poly" schedule).
     #[config(default = 0.9)]
     pub lr_decay_power: f64,
-    /// Weight each class of the loss by the inverse of its share of the batch's voxels.
-    #[config(default = false)]
-    pub class_weighted: bool,
+    /// How far the loss carries the paper's class balance from the cube centres to all the
+    /// voxels of the cubes: within a task, a label with n voxels in the batch weighs
+    /// n^-balance each. 0: every voxel weighs the same; 1: every label of a task gets the
+    /// same total weight (the paper's balance, which over-segments thin structures).
+    #[config(default = 0.0)]
+    pub class_balance: f64,
     /// Weight of the task-recognition loss (per-task output mode).
     #[config(default = 0.2)]
     pub task_loss_weight: f64,
@@ -142,6 +145,7 @@ impl Preset {
                 .with_samples_per_task(4)
                 .with_iterations(300)
                 .with_learning_rate(3e-3)
+                .with_class_balance(0.5)
                 .with_validate_every(100)
                 .with_checkpoint_every(100),
         }

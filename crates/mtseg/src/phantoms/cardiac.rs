@@ -1,5 +1,5 @@
 //! Cardiac CT angiography in Hounsfield units with the coronary arteries: contrast-filled
-//! branching tubes of 1-4 mm diameter running in the epicardial fat on the heart's surface
+//! branching tubes of 1.4-4 mm diameter running in the epicardial fat on the heart's surface
 //! (left main, LAD with diagonals, circumflex with marginals, right coronary with the
 //! posterior descending artery). Around them: contrast-filled ventricles, atria and aorta
 //! (the same brightness as the arteries), myocardium, fat, lungs, spine and sternum.
@@ -189,8 +189,8 @@ impl Cardiac {
         let lad = surface_path(&epi, bifurcation, lad_end, lift, &wiggle);
         tubes.push(Tube {
             points: lad.clone(),
-            r0: 1.7,
-            r1: 0.6,
+            r0: 1.8,
+            r1: 1.0,
         });
         let lcx_end = (
             groove_theta + 0.1,
@@ -199,8 +199,8 @@ impl Cardiac {
         let lcx = surface_path(&epi, bifurcation, lcx_end, lift, &wiggle);
         tubes.push(Tube {
             points: lcx.clone(),
-            r0: 1.6,
-            r1: 0.6,
+            r0: 1.7,
+            r1: 0.9,
         });
         let rca_start = (groove_theta - 0.2, anterior_groove - turn * 0.9);
         let rca_end = (
@@ -210,13 +210,13 @@ impl Cardiac {
         tubes.push(Tube {
             points: surface_path(&epi, rca_start, rca_end, lift, &wiggle),
             r0: 1.9,
-            r1: 1.0,
+            r1: 1.1,
         });
         let pda_end = (uniform(rng, 2.0, 2.4), rca_end.1 - turn * 0.1);
         tubes.push(Tube {
             points: surface_path(&epi, rca_end, pda_end, lift, &wiggle),
-            r0: 1.0,
-            r1: 0.5,
+            r0: 1.2,
+            r1: 0.8,
         });
         // Side branches: diagonals from the LAD, marginals from the circumflex.
         for (parent, count, towards) in [(&lad, 3usize, turn), (&lcx, 2, 0.0)] {
@@ -230,8 +230,8 @@ impl Cardiac {
                 );
                 tubes.push(Tube {
                     points: surface_path(&epi, start, end, lift, &wiggle),
-                    r0: 1.1,
-                    r1: 0.5,
+                    r0: 1.2,
+                    r1: 0.7,
                 });
             }
         }

@@ -133,8 +133,8 @@ impl Ellipsoid {
     /// The world point at local coordinates `l`.
     pub fn world(&self, l: Vec3) -> Vec3 {
         let mut p = self.centre;
-        for i in 0..3 {
-            p = add(p, scale(self.axes[i], l[i]));
+        for (axis, amount) in self.axes.iter().zip(l) {
+            p = add(p, scale(*axis, amount));
         }
         p
     }

@@ -14,29 +14,48 @@ fn per_voxel(t: Tensor<4>) -> Tensor<2> {
     t.permute([0, 2, 3, 1]).reshape([b * k * kk, c])
 }
 
-/// Mean (optionally weighted) negative log-likelihood of `targets` under `logits`.
-fn nll(logits: Tensor<2>, targets: Tensor<1, Int>, weights: Option<Tensor<1>>) -> Tensor<1> {
+/// Weighted sum of the negative log-likelihood of `targets` under `logits` (the weights sum
+/// to the share of the loss these voxels carry).
+fn nll(logits: Tensor<2>, targets: Tensor<1, Int>, weights: Tensor<1>) -> Tensor<1> {
     let m = targets.dims()[0];
     let picked = log_softmax(logits, 1)
         .gather(1, targets.reshape([m, 1]))
         .reshape([m])
         .neg();
-    match weights {
-        Some(w) => (picked * w.clone()).sum() / w.sum(),
-        None => picked.mean(),
-    }
+    (picked * weights).sum()
 }
 
-/// Per-voxel weights that give every label present in the batch the same total weight.
-fn class_weights(labels: &[u16]) -> Vec<f32> {
-    let mut counts = std::collections::HashMap::new();
-    for &l in labels {
-        *counts.entry(l).or_insert(0usize) += 1;
+/// The weight of every voxel of a batch in the loss; the weights sum to 1, each task's cubes
+/// to 1/T. Within a task, a voxel whose label has n voxels in the task's cubes weighs
+/// proportionally to n^-balance: 0 weighs every voxel the same, 1 gives every label present
+/// (background included) the same total weight, the paper's balance.
+pub fn voxel_weights(batch: &Batch, tasks: usize, balance: f64) -> Vec<f32> {
+    let per_cube = batch.targets.len() / batch.cubes;
+    let mut weights = vec![0f32; batch.targets.len()];
+    for t in 0..tasks {
+        let voxels: Vec<usize> = (0..batch.cubes)
+            .filter(|&c| batch.tasks[c] == t)
+            .flat_map(|c| c * per_cube..(c + 1) * per_cube)
+            .collect();
+        if voxels.is_empty() {
+            continue;
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for &v in &voxels {
+            *counts.entry(batch.labels[v]).or_insert(0usize) += 1;
+        }
+        let raw = |v: usize| (counts[&batch.labels[v]] as f64).powf(-balance);
+        let total: f64 = voxels.iter().map(|&v| raw(v)).sum();
+        let share = 1.0 / tasks as f64;
+        for &v in &voxels {
+            weights[v] = (share * raw(v) / total) as f32;
+        }
     }
-    labels.iter().map(|l| 1.0 / counts[l] as f32).collect()
+    weights
 }
 
-/// The total loss of a batch and its parts (segmentation, task).
+/// The loss of a batch: segmentation cross-entropy (joint space or per task group) plus, in
+/// per-task mode, the weighted task-recognition cross-entropy.
 pub fn batch_loss(
     output: CubeOutput,
     batch: &Batch,
@@ -46,21 +65,19 @@ pub fn batch_loss(
 ) -> Tensor<1> {
     let voxels = batch.targets.len();
     let per_cube = voxels / batch.cubes;
+    let tasks = layout.groups.len();
     let targets =
         Tensor::<1, Int>::from_data(TensorData::new(batch.targets.clone(), [voxels]), device);
-    let weights = config.class_weighted.then(|| {
-        Tensor::<1>::from_data(
-            TensorData::new(class_weights(&batch.labels), [voxels]),
-            device,
-        )
-    });
+    let weights = Tensor::<1>::from_data(
+        TensorData::new(voxel_weights(batch, tasks, config.class_balance), [voxels]),
+        device,
+    );
     let logits = per_voxel(output.logits);
     let seg = match layout.mode {
         OutputMode::Union => nll(logits, targets, weights),
         OutputMode::PerTask => {
             // The batch is task-major: each task's voxels are one contiguous range, scored
             // only within the task's own softmax group.
-            let tasks = layout.groups.len();
             let per_task = voxels / tasks;
             let mut total: Option<Tensor<1>> = None;
             for (t, group) in layout.groups.iter().enumerate() {
@@ -73,14 +90,14 @@ pub fn batch_loss(
                 let loss = nll(
                     part,
                     targets.clone().narrow(0, rows, per_task),
-                    weights.clone().map(|w| w.narrow(0, rows, per_task)),
+                    weights.clone().narrow(0, rows, per_task),
                 );
                 total = Some(match total {
                     Some(acc) => acc + loss,
                     None => loss,
                 });
             }
-            total.expect("at least one task") / tasks as f64
+            total.expect("at least one task")
         }
     };
     match output.task_logits {
@@ -92,7 +109,8 @@ pub fn batch_loss(
                 .collect();
             let task_targets =
                 Tensor::<1, Int>::from_data(TensorData::new(task_targets, [voxels]), device);
-            seg + nll(per_voxel(task_logits), task_targets, None) * config.task_loss_weight
+            let uniform = Tensor::<1>::full([voxels], 1.0 / voxels as f64, device);
+            seg + nll(per_voxel(task_logits), task_targets, uniform) * config.task_loss_weight
         }
         None => seg,
     }
@@ -102,10 +120,33 @@ pub fn batch_loss(
 mod tests {
     use super::*;
 
+    fn batch(labels: Vec<u16>, tasks: Vec<usize>) -> Batch {
+        Batch {
+            cubes: tasks.len(),
+            tile: 1,
+            patch_side: 1,
+            patches: Default::default(),
+            targets: vec![0; labels.len()],
+            labels,
+            tasks,
+            centre_classes: vec![],
+        }
+    }
+
     #[test]
-    fn class_weights_equalise_labels() {
-        let w = class_weights(&[0, 0, 0, 1]);
-        assert_eq!(w, vec![1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 1.0]);
+    fn class_weights_balance_labels_within_each_task() {
+        // Two cubes of 4 voxels: task 0 with labels 0,0,0,1; task 1 all background.
+        let b = batch(vec![0, 0, 0, 1, 0, 0, 0, 0], vec![0, 1]);
+        let w = voxel_weights(&b, 2, 1.0);
+        let third = 0.5 / 2.0 / 3.0;
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-7);
+        assert!(close(&w[..4], &[third, third, third, 0.25]), "{w:?}");
+        assert!(close(&w[4..], &[0.125; 4]));
+        assert!(close(&voxel_weights(&b, 2, 0.0), &[0.125; 8]));
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        // Half-way: the rare label weighs more than the common ones, less than balanced.
+        let h = voxel_weights(&b, 2, 0.5);
+        assert!(h[3] > h[0] && h[3] < 0.25);
     }
 
     #[test]
@@ -114,7 +155,8 @@ mod tests {
         let logits = Tensor::<2>::zeros([4, 3], &device);
         let targets =
             Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0], [4]), &device);
-        let v = nll(logits, targets, None).into_scalar::<f32>();
+        let weights = Tensor::<1>::full([4], 0.25, &device);
+        let v = nll(logits, targets, weights).into_scalar::<f32>();
         assert!((v - 3f32.ln()).abs() < 1e-6);
     }
 }

@@ -422,7 +422,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
 /// One optimisation step on the CPU kernels: their gradients go to burn's Adam, the new
 /// batch-norm running statistics into the network. Returns the network and the loss.
 #[allow(clippy::too_many_arguments)]
-fn step(
+pub(crate) fn step(
     net: TriplanarNet,
     store: &ParamStore,
     optimizer: &mut ModuleOptimizer,

@@ -1,0 +1,484 @@
+//! `mtseg bench`: the speed of the paper's network on mtseg's kernels, measured as the
+//! PyTorch reference (`bench/torch_reference.py`) measures it, with PyTorch in the same run
+//! when it is installed:
+//! (a) training samples/s on batches of 64 voxels with three 51x51 patches,
+//! (b) seconds for one branch over a 256x256 slice (306x306 input),
+//! (c) seconds to segment a 64^3 volume densely (three branches, head, argmax);
+//! plus labelled voxels/s with dense output tiles, peak memory, and each figure's share of the
+//! machine's measured sgemm rate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::data::Batch;
+use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
+use crate::engine::{FoldedNetwork, ParamStore, matmul};
+use crate::error::{Error, Result};
+use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, segment};
+use crate::model::{
+    self, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
+    file::FORMAT_VERSION,
+};
+use crate::preprocess::{Normalization, Preprocessing};
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Tiny sizes and one repetition: checks that the benchmark runs, measures nothing.
+    pub quick: bool,
+    /// Python with PyTorch, to run the reference in the same run (skipped when absent).
+    pub torch_python: Option<PathBuf>,
+    pub torch_script: PathBuf,
+    pub repetitions: usize,
+    /// Measure training (figure a and the tiles); skipping it leaves them at 0.
+    pub training: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TorchFigures {
+    pub train_samples_per_s: Option<f64>,
+    pub slice_seconds: Option<f64>,
+    pub volume_seconds: Option<f64>,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub quick: bool,
+    pub cpu: String,
+    pub threads: usize,
+    /// Measured f32 matrix-product rate of this machine (2048^3, all threads), GFLOP/s.
+    pub sgemm_gflops: f64,
+    pub train_samples_per_s: f64,
+    pub train_gflops: f64,
+    pub slice_seconds: f64,
+    pub slice_gflops: f64,
+    pub volume_seconds: f64,
+    pub volume_gflops: f64,
+    /// Labelled voxels per second when training on cubes of k^3 output voxels.
+    pub tile_voxels_per_s: Vec<(usize, f64)>,
+    pub peak_rss_mb: f64,
+    pub torch: Option<TorchFigures>,
+}
+
+/// The network of the benchmark: the paper's (or a 3-layer one for `--quick`), with 9
+/// outputs over three tasks like the paper's label space.
+fn bench_meta(quick: bool) -> ModelMeta {
+    let network = if quick {
+        NetworkConfig::new()
+            .with_depth(3)
+            .with_kernels(8)
+            .with_fc_width(16)
+    } else {
+        NetworkConfig::new()
+    };
+    let task = |name: &str, modality| TaskInfo {
+        name: name.into(),
+        modality,
+    };
+    let class = |task, name: &str, id| ClassInfo {
+        task,
+        name: name.into(),
+        dataset_id: id,
+    };
+    let space = LabelSpace {
+        tasks: vec![
+            task("Brain", Modality::MR),
+            task("Breast", Modality::MR),
+            task("Cardiac", Modality::CT),
+        ],
+        classes: (1..=6)
+            .map(|i| class(0, "tissue", i))
+            .chain([class(1, "pectoral", 1), class(2, "coronary", 1)])
+            .collect(),
+    };
+    let layout = OutputLayout::new(&space, OutputMode::Union);
+    let preprocessing = Preprocessing {
+        target_spacing: [1.0; 3],
+        normalization: Normalization::MrRobustZ,
+    };
+    ModelMeta {
+        format_version: FORMAT_VERSION,
+        written_by: "bench".into(),
+        tasks: space
+            .tasks
+            .iter()
+            .map(|t| TaskMeta {
+                name: t.name.clone(),
+                modality: t.modality,
+                classes: vec![],
+                preprocessing: preprocessing.clone(),
+            })
+            .collect(),
+        network,
+        training: TrainConfig::new().with_tile(1).with_samples_per_task(21),
+        label_space: space,
+        layout,
+        iterations: 0,
+        validation_dice: None,
+    }
+}
+
+/// Forward FLOPs of one branch over an `h x w` input.
+fn branch_flops(config: &NetworkConfig, h: usize, w: usize) -> f64 {
+    (0..config.depth)
+        .map(|l| {
+            let ci = if l == 0 { 1 } else { config.kernels };
+            let (oh, ow) = (h - 2 * (l + 1), w - 2 * (l + 1));
+            2.0 * (oh * ow * ci * config.kernels * 9) as f64
+        })
+        .sum()
+}
+
+fn head_flops(config: &NetworkConfig, voxels: usize, classes: usize) -> f64 {
+    let f = config.fc_width;
+    2.0 * voxels as f64 * (3 * config.kernels * f + f * f + f * classes) as f64
+}
+
+fn random_batch(
+    cubes: usize,
+    k: usize,
+    receptive_field: usize,
+    classes: usize,
+    rng: &mut ChaCha8Rng,
+) -> Batch {
+    let side = receptive_field + k - 1;
+    let mut patch = || {
+        (0..cubes * k * side * side)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect::<Vec<f32>>()
+    };
+    let patches = [patch(), patch(), patch()];
+    let voxels = cubes * k * k * k;
+    let labels: Vec<u16> = (0..voxels)
+        .map(|_| rng.random_range(0..classes as u16))
+        .collect();
+    Batch {
+        cubes,
+        tile: k,
+        patch_side: side,
+        patches,
+        targets: labels.iter().map(|&l| l as i64).collect(),
+        labels,
+        tasks: (0..cubes).map(|c| c * 3 / cubes).collect(),
+        centre_classes: vec![0; cubes],
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Seconds per training step (forward, backward, Adam) on `batch`, median of `repetitions`.
+fn train_seconds(meta: &ModelMeta, batch: &Batch, repetitions: usize) -> f64 {
+    let device = Device::flex().autodiff();
+    let mut net = model::init_network(meta, 1, &device);
+    let mut optimizer: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-8).init();
+    let config = &meta.training;
+    let mut times = Vec::new();
+    for i in 0..repetitions + 1 {
+        let store = ParamStore::read(&net);
+        let start = Instant::now();
+        let (next, _) = crate::train::step(
+            net,
+            &store,
+            &mut optimizer,
+            batch,
+            &meta.layout,
+            config,
+            0.5,
+            1e-3,
+            i as u64,
+        );
+        net = next;
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    median(times)
+}
+
+fn sgemm_gflops(n: usize) -> f64 {
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let threads = rayon::current_num_threads();
+    let times: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            matmul::matmul(
+                n,
+                n,
+                n,
+                &mut c,
+                matmul::View::rows(0, n),
+                false,
+                &a,
+                matmul::View::rows(0, n),
+                &b,
+                matmul::View::rows(0, n),
+                threads,
+            );
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    2.0 * (n as f64).powi(3) / median(times) / 1e9
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs `bench/torch_reference.py MODE` and reads the `RESULT` line.
+fn torch_result(python: &Path, script: &Path, mode: &str, key: &str, steps: usize) -> Option<f64> {
+    let out = Command::new(python)
+        .arg(script)
+        .arg(mode)
+        .args([
+            "--steps",
+            &steps.to_string(),
+            "--threads",
+            &rayon::current_num_threads().to_string(),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with("RESULT"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+fn torch_figures(options: &BenchOptions) -> Option<TorchFigures> {
+    let python = options.torch_python.as_ref()?;
+    let version = Command::new(python)
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let steps = options.repetitions.max(3);
+    Some(TorchFigures {
+        version: String::from_utf8_lossy(&version.stdout).trim().to_string(),
+        train_samples_per_s: torch_result(
+            python,
+            &options.torch_script,
+            "train",
+            "samples_per_s",
+            steps,
+        ),
+        slice_seconds: torch_result(python, &options.torch_script, "slice", "seconds", steps),
+        volume_seconds: torch_result(
+            python,
+            &options.torch_script,
+            "volume",
+            "seconds",
+            options.repetitions.max(1),
+        ),
+    })
+}
+
+pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
+    if options.repetitions == 0 {
+        return Err(Error::usage("--repetitions must be at least 1"));
+    }
+    let meta = bench_meta(options.quick);
+    let config = &meta.network;
+    let rf = config.patch_size();
+    let classes = meta.layout.channels();
+    let reps = if options.quick {
+        1
+    } else {
+        options.repetitions
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+
+    progress("sgemm");
+    let sgemm = sgemm_gflops(if options.quick { 256 } else { 2048 });
+
+    progress("training, 64 voxels x three 51x51 patches");
+    let batch = random_batch(64, 1, rf, classes, &mut rng);
+    let step = if options.training {
+        train_seconds(&meta, &batch, reps)
+    } else {
+        f64::INFINITY
+    };
+    let train_flops =
+        3.0 * 64.0 * (3.0 * branch_flops(config, rf, rf) + head_flops(config, 1, classes));
+
+    progress("one branch over a 256x256 slice");
+    let net = model::init_network(&meta, 3, &Device::flex()).valid();
+    let engine = FoldedNetwork::from_burn(&net);
+    let slice = if options.quick { 64 } else { 256 };
+    let side = slice + 2 * config.depth;
+    let image: Vec<f32> = (0..side * side).map(|_| rng.random::<f32>()).collect();
+    let slice_seconds = median(
+        (0..reps + 1)
+            .map(|_| {
+                let start = Instant::now();
+                let _ = engine.branch(model::Orientation::Axial, image.clone(), 1, side, side);
+                start.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect(),
+    );
+    let slice_flops = branch_flops(config, side, side);
+
+    progress("dense segmentation of a 64^3 volume");
+    let n = if options.quick { 16 } else { 64 };
+    let volume: Vec<f32> = (0..n * n * n).map(|_| rng.random::<f32>()).collect();
+    let input = NetworkInput {
+        image: &volume,
+        shape: [n; 3],
+        pad: 0.0,
+    };
+    let volume_seconds = median(
+        (0..reps.min(3) + 1)
+            .map(|_| {
+                let start = Instant::now();
+                let _ = segment(
+                    &engine,
+                    &meta.layout,
+                    &input,
+                    TaskChoice::Automatic,
+                    &DenseSettings::default(),
+                );
+                start.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect(),
+    );
+    let volume_flops =
+        3.0 * n as f64 * branch_flops(config, n + 2 * config.depth, n + 2 * config.depth)
+            + head_flops(config, n * n * n, classes);
+
+    progress("dense output tiles");
+    let tiles: &[usize] = match (options.training, options.quick) {
+        (false, _) => &[],
+        (true, true) => &[1, 2],
+        (true, false) => &[1, 2, 4, 8, 12],
+    };
+    let tile_voxels_per_s = tiles
+        .iter()
+        .map(|&k| {
+            let cubes = (64 / (k * k)).max(3);
+            let batch = random_batch(cubes, k, rf, classes, &mut rng);
+            let seconds = train_seconds(&meta, &batch, reps.min(3));
+            (k, (cubes * k * k * k) as f64 / seconds)
+        })
+        .collect();
+
+    let torch = if options.quick {
+        None
+    } else {
+        progress("PyTorch reference");
+        torch_figures(options)
+    };
+    Ok(BenchReport {
+        quick: options.quick,
+        cpu: cpu_name(),
+        threads: rayon::current_num_threads(),
+        sgemm_gflops: sgemm,
+        train_samples_per_s: 64.0 / step,
+        train_gflops: train_flops / step / 1e9,
+        slice_seconds,
+        slice_gflops: slice_flops / slice_seconds / 1e9,
+        volume_seconds,
+        volume_gflops: volume_flops / volume_seconds / 1e9,
+        tile_voxels_per_s,
+        peak_rss_mb: peak_rss_mb(),
+        torch,
+    })
+}
+
+impl BenchReport {
+    pub fn to_table(&self) -> String {
+        let ratio = |ours: f64, theirs: Option<f64>, higher_is_better: bool| {
+            theirs.map_or("n/a".to_string(), |t| {
+                let r = if higher_is_better { ours / t } else { t / ours };
+                format!("{r:.2}x")
+            })
+        };
+        let torch = self.torch.as_ref();
+        let t_train = torch.and_then(|t| t.train_samples_per_s);
+        let t_slice = torch.and_then(|t| t.slice_seconds);
+        let t_volume = torch.and_then(|t| t.volume_seconds);
+        let fmt =
+            |v: Option<f64>, d: usize| v.map_or("not run".to_string(), |x| format!("{x:.d$}"));
+        let share = |g: f64| format!("{:.0}%", 100.0 * g / self.sgemm_gflops);
+        let mut out = format!(
+            "{} ({} threads), sgemm {:.0} GFLOP/s{}\n\n",
+            self.cpu,
+            self.threads,
+            self.sgemm_gflops,
+            if self.quick {
+                " -- QUICK RUN: tiny network, figures are not comparable"
+            } else {
+                ""
+            }
+        );
+        out.push_str("| figure | mtseg | PyTorch | mtseg / PyTorch | mtseg GFLOP/s (share of sgemm) |\n|---|---|---|---|---|\n");
+        out.push_str(&format!(
+            "| (a) training, samples/s (64 voxels x three 51x51 patches) | {:.1} | {} | {} | {:.0} ({}) |\n",
+            self.train_samples_per_s, fmt(t_train, 1), ratio(self.train_samples_per_s, t_train, true), self.train_gflops, share(self.train_gflops)
+        ));
+        out.push_str(&format!(
+            "| (b) one branch, 256x256 slice, s | {:.3} | {} | {} | {:.0} ({}) |\n",
+            self.slice_seconds,
+            fmt(t_slice, 3),
+            ratio(self.slice_seconds, t_slice, false),
+            self.slice_gflops,
+            share(self.slice_gflops)
+        ));
+        out.push_str(&format!(
+            "| (c) dense segmentation of 64^3, s | {:.2} | {} | {} | {:.0} ({}) |\n",
+            self.volume_seconds,
+            fmt(t_volume, 2),
+            ratio(self.volume_seconds, t_volume, false),
+            self.volume_gflops,
+            share(self.volume_gflops)
+        ));
+        out.push_str("\nTraining on dense output tiles (cubes of k^3 voxels):\n\n| k | labelled voxels/s |\n|---|---|\n");
+        for (k, v) in &self.tile_voxels_per_s {
+            out.push_str(&format!("| {k} | {v:.0} |\n"));
+        }
+        out.push_str(&format!(
+            "\nPeak resident memory: {:.0} MB\n",
+            self.peak_rss_mb
+        ));
+        if let Some(t) = torch {
+            out.push_str(&format!("PyTorch {} in the same run.\n", t.version));
+        } else {
+            out.push_str(
+                "PyTorch was not run (give --torch-python with a Python that has torch).\n",
+            );
+        }
+        out
+    }
+}
