@@ -11,8 +11,10 @@ Same network and the same three measurements as mtseg's bench (and as the refere
   slice   seconds for one branch over a 306x306 input (a 256x256 slice padded by 25), eval mode.
   volume  seconds to segment a 64^3 volume densely: each branch over the 64 slices of its
           orientation, features joined per voxel, the head, argmax.
+  sgemm   GFLOP/s of a 2048^3 float32 matrix product: the machine's peak, for reading the
+          others as a share of it.
 
-usage: torch_reference.py train|slice|volume [--steps N] [--threads T]
+usage: torch_reference.py train|slice|volume|sgemm [--steps N] [--threads T]
 Prints `RESULT <mode> key=value ...` as its last line. Needs `pip install torch`.
 """
 import argparse
@@ -104,13 +106,21 @@ def volume(runs):
     print(f"RESULT volume seconds={seconds:.3f}")
 
 
+@torch.no_grad()
+def sgemm(runs):
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = median_time(lambda: torch.mm(a, b), 1, max(runs, 5))
+    print(f"RESULT sgemm gflops={2 * n ** 3 / seconds / 1e9:.1f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["train", "slice", "volume"])
+    parser.add_argument("mode", choices=["train", "slice", "volume", "sgemm"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print("torch", torch.__version__, "threads", torch.get_num_threads(), flush=True)
-    {"train": train, "slice": slice_, "volume": volume}[args.mode](args.steps)
+    {"train": train, "slice": slice_, "volume": volume, "sgemm": sgemm}[args.mode](args.steps)

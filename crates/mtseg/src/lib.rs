@@ -21,4 +21,7 @@ pub mod preprocess;
 pub mod report;
 pub mod train;
 
+#[cfg(test)]
+mod test_support;
+
 pub use error::{Error, Result};

@@ -34,11 +34,36 @@ pub struct Args {
     #[arg(long)]
     compare_output_modes: bool,
     /// Only train these combinations, e.g. `--only 0 --only 1,2` (task indices in the order
-    /// of --datasets).
+    /// of --datasets); `--only 0,1:union` or `:per-task` sets that network's output mode.
     #[arg(long, value_delimiter = ';')]
     only: Vec<String>,
     #[arg(long)]
     seed: Option<u64>,
+}
+
+/// `0,2` or `0,2:union`: task indices in the order of --datasets, then an optional mode.
+fn parse_run(spec: &str, tasks: usize, default_mode: OutputMode) -> Result<RunSpec> {
+    let usage = || {
+        anyhow::anyhow!(
+            "--only {spec}: task indices from 0 to {}, then optionally :union or :per-task",
+            tasks - 1
+        )
+    };
+    let (indices, mode) = match spec.split_once(':') {
+        None => (spec, default_mode),
+        Some((indices, "union")) => (indices, OutputMode::Union),
+        Some((indices, "per-task")) => (indices, OutputMode::PerTask),
+        Some(_) => return Err(usage()),
+    };
+    let tasks = indices
+        .split(',')
+        .map(|t| t.trim().parse::<usize>().ok().filter(|&t| t < tasks))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(usage)?;
+    Ok(RunSpec {
+        tasks,
+        output_mode: mode,
+    })
 }
 
 /// Prints one line per run and draws a progress bar during training.
@@ -90,27 +115,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.only
             .iter()
-            .map(|spec| {
-                let tasks = spec
-                    .split(',')
-                    .map(|t| {
-                        t.trim()
-                            .parse::<usize>()
-                            .ok()
-                            .filter(|&t| t < args.datasets.len())
-                    })
-                    .collect::<Option<Vec<usize>>>()
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "--only {spec}: task indices from 0 to {}",
-                            args.datasets.len() - 1
-                        )
-                    })?;
-                Ok(RunSpec {
-                    tasks,
-                    output_mode: mode,
-                })
-            })
+            .map(|spec| parse_run(spec, tasks, mode))
             .collect::<Result<Vec<_>>>()?
     };
     if args.compare_output_modes {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use mtseg::infer::{Segmenter, segment_file};
 use mtseg::io;
+use mtseg::model::SHIPPED_MODEL;
 
 /// Segment a scan, or every scan in a folder. Label maps are written with the input's exact
 /// grid and header geometry, with a JSON sidecar that says which label values they use.
@@ -16,10 +17,12 @@ pub struct Args {
     /// The label map to write (.nii or .nii.gz), or a folder when INPUT is a folder.
     #[arg(short, long)]
     output: PathBuf,
-    /// A model file (model.mtseg from `mtseg train`).
+    /// A model file (model.mtseg from `mtseg train`) [default: the shipped model of brain
+    /// tissue, hippocampus and chest CTA, see models/README.md].
     #[arg(short, long)]
     model: Option<PathBuf>,
-    /// Only this task's classes and background compete (default: the model decides).
+    /// Only this task's classes and background compete (default: the model decides), e.g.
+    /// BrainTissueIXI, HippocampusMSD or ChestCTA with the shipped model.
     #[arg(long)]
     task: Option<String>,
     /// Also write the probability of the winning class (a confidence map) here; with a
@@ -75,10 +78,18 @@ pub fn load_segmenter(model: Option<&Path>, device: DeviceArg) -> Result<Segment
             "this mtseg was built for the CPU only: segmentation runs on mtseg's own CPU kernels (see the README's GPU section)"
         );
     }
-    let Some(path) = model else {
-        bail!("no --model given: give a model file from `mtseg train` (model.mtseg)");
-    };
-    Ok(Segmenter::load(path)?)
+    match model {
+        Some(path) => Ok(Segmenter::load(path)?),
+        None => {
+            let segmenter = Segmenter::shipped()?;
+            tracing::info!(
+                "no --model given: using the shipped model {} (tasks: {})",
+                SHIPPED_MODEL,
+                segmenter.meta.task_names().join(", ")
+            );
+            Ok(segmenter)
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {

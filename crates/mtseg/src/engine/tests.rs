@@ -7,69 +7,14 @@ use burn::tensor::Distribution;
 
 use super::*;
 use crate::data::{BalancedSampler, TrainingVolume};
-use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use crate::infer::{BurnEngine, Engine};
-use crate::model::file::FORMAT_VERSION;
 use crate::model::{
-    self, ModelMeta, NetworkConfig, Orientation, OutputLayout, OutputMode, TaskMeta, TrainConfig,
-    TriplanarNet,
+    self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarNet,
 };
-use crate::preprocess::{Normalization, Preprocessing};
+use crate::test_support::two_task_meta;
 
 fn meta(network: NetworkConfig) -> ModelMeta {
-    let space = LabelSpace {
-        tasks: vec![
-            TaskInfo {
-                name: "A".into(),
-                modality: Modality::MR,
-            },
-            TaskInfo {
-                name: "B".into(),
-                modality: Modality::CT,
-            },
-        ],
-        classes: vec![
-            ClassInfo {
-                task: 0,
-                name: "a1".into(),
-                dataset_id: 1,
-            },
-            ClassInfo {
-                task: 0,
-                name: "a2".into(),
-                dataset_id: 2,
-            },
-            ClassInfo {
-                task: 1,
-                name: "b".into(),
-                dataset_id: 1,
-            },
-        ],
-    };
-    let layout = OutputLayout::new(&space, network.output_mode);
-    ModelMeta {
-        format_version: FORMAT_VERSION,
-        written_by: "test".into(),
-        network,
-        training: TrainConfig::new(),
-        tasks: space
-            .tasks
-            .iter()
-            .map(|t| TaskMeta {
-                name: t.name.clone(),
-                modality: t.modality,
-                classes: vec![],
-                preprocessing: Preprocessing {
-                    target_spacing: [1.0; 3],
-                    normalization: Normalization::MrRobustZ,
-                },
-            })
-            .collect(),
-        label_space: space,
-        layout,
-        iterations: 0,
-        validation_dice: None,
-    }
+    two_task_meta(network, &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)])
 }
 
 /// A network whose batch-norm running statistics are not the initial 0 and 1.

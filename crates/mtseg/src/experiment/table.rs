@@ -118,6 +118,21 @@ impl ResultsTable {
             );
         }
         md.push_str("\nMean Dice on the test cases (no task given at segmentation: each network labels every voxel with any class it knows). Cross-task confusion: voxels given a class of another task, as a share of all voxels given a foreground class.\n");
+        let _ = writeln!(
+            md,
+            "\n| network trained on | {} |\n|---|{}",
+            header.join(" | "),
+            "---|".repeat(self.columns.len())
+        );
+        for row in &self.rows {
+            let cells: Vec<String> = row
+                .hd95_mm
+                .iter()
+                .map(|d| d.map_or("".to_string(), |d| format!("{d:.1}")))
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", row.label, cells.join(" | "));
+        }
+        md.push_str("\nMean 95th-percentile Hausdorff distance in mm on the test cases (empty where no case has both a reference and a predicted structure).\n");
         md
     }
 
@@ -220,5 +235,61 @@ impl ResultsTable {
             self.draw(temp)
                 .map_err(|e| Error::invalid(&png, format!("cannot draw the chart: {e}")))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> ResultsTable {
+        let row = |label: &str, dice: [Option<f64>; 2], hd: [Option<f64>; 2]| Row {
+            label: label.into(),
+            folder: label.into(),
+            dice: dice.to_vec(),
+            hd95_mm: hd.to_vec(),
+            confusion: Some(0.0125),
+            train_seconds: 61.2,
+            iterations: 400,
+        };
+        ResultsTable {
+            columns: vec![
+                ("Brain".into(), "wm".into()),
+                ("Hippo".into(), "anterior".into()),
+            ],
+            rows: vec![
+                row("Brain", [Some(0.9), None], [Some(2.5), None]),
+                row(
+                    "Brain + Hippo",
+                    [Some(0.875), Some(0.8)],
+                    [Some(3.0), Some(1.25)],
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn markdown_has_dice_and_hd95_tables_with_blanks_for_untrained_tasks() {
+        let md = table().to_markdown();
+        assert!(
+            md.contains("| Brain | 0.900 |  | 1.250% | 400 it, 61 s |"),
+            "{md}"
+        );
+        assert!(md.contains("| Brain + Hippo | 0.875 | 0.800 |"), "{md}");
+        assert!(md.contains("| Brain | 2.5 |  |"), "{md}");
+        assert!(md.contains("| Brain + Hippo | 3.0 | 1.2 |"), "{md}");
+    }
+
+    #[test]
+    fn csv_has_one_line_per_network() {
+        let csv = table().to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("network,dice:Brain/wm,dice:Hippo/anterior,hd95_mm:Brain/wm"));
+        assert!(
+            lines[1].starts_with("\"Brain\",0.9000,,2.5000,,"),
+            "{}",
+            lines[1]
+        );
     }
 }

@@ -131,3 +131,6 @@ fn dominant_task(layout: &OutputLayout, labels: &[u16]) -> Option<usize> {
     }
     owner
 }
+
+#[cfg(test)]
+mod tests;

@@ -31,6 +31,14 @@ impl Segmenter {
         Ok(Segmenter::new(model, path))
     }
 
+    /// The model shipped with mtseg (models/README.md), for the CPU.
+    pub fn shipped() -> Result<Self> {
+        Ok(Segmenter::new(
+            crate::model::load_shipped()?,
+            Path::new(crate::model::SHIPPED_MODEL),
+        ))
+    }
+
     pub fn new(model: Model, source: &Path) -> Self {
         Segmenter {
             engine: FoldedNetwork::from_burn(&model.net),

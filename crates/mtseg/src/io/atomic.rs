@@ -22,9 +22,13 @@ where
         .into_owned();
     // The ending after the first dot (".nii.gz", ".json", ...), kept on the temporary file.
     let ending = name.find('.').map(|i| &name[i..]).unwrap_or("");
-    let temp = tempfile::Builder::new()
-        .prefix(".mtseg-tmp-")
-        .suffix(ending)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".mtseg-tmp-").suffix(ending);
+    // Temporary files are private (0600) by default; the file renamed into place should get
+    // the permissions any new file gets (0666 less the umask), as `File::create` gives.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let temp = builder
         .tempfile_in(&folder)
         .map_err(|e| Error::io(&folder, e))?;
     let temp_path = temp.path().to_path_buf();
@@ -114,5 +118,18 @@ mod tests {
             fs::write(temp, b"x").map_err(|e| Error::io(temp, e))
         })
         .unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_the_permissions_of_a_plain_create() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.txt");
+        fs::write(&plain, b"x").unwrap();
+        let ours = dir.path().join("ours.txt");
+        write_bytes(&ours, b"x").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&ours), mode(&plain));
     }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod file;
 pub mod network;
 pub mod output;
+pub mod shipped;
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ pub use config::{NetworkConfig, OutputMode, Preset, TrainConfig};
 pub use file::{ModelFile, ModelMeta, TaskMeta};
 pub use network::{Orientation, TriplanarNet};
 pub use output::OutputLayout;
+pub use shipped::{SHIPPED_MODEL, load_shipped};
 
 use crate::error::{Error, Result};
 
@@ -89,7 +91,15 @@ impl Model {
     }
 
     pub fn load(path: &Path, device: &Device) -> Result<Model> {
-        let file = ModelFile::load(path)?;
+        Self::from_file(ModelFile::load(path)?, path, device)
+    }
+
+    /// A model from the bytes of a model file; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Model> {
+        Self::from_file(ModelFile::from_bytes(path, bytes)?, path, device)
+    }
+
+    fn from_file(file: ModelFile, path: &Path, device: &Device) -> Result<Model> {
         let net = network_from_bytes(&file.meta, &file.weights, device, path)?;
         Ok(Model {
             meta: file.meta,

@@ -3,69 +3,11 @@ use burn::tensor::Distribution;
 
 use super::*;
 use crate::data::{BalancedSampler, TrainingVolume};
-use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use crate::infer::{BurnEngine, DenseSettings, NetworkInput, dense};
-use crate::model::file::FORMAT_VERSION;
-use crate::preprocess::{Normalization, Preprocessing};
+use crate::test_support::{tiny_network, two_task_meta};
 
 fn meta(network: NetworkConfig) -> ModelMeta {
-    let space = LabelSpace {
-        tasks: vec![
-            TaskInfo {
-                name: "A".into(),
-                modality: Modality::MR,
-            },
-            TaskInfo {
-                name: "B".into(),
-                modality: Modality::CT,
-            },
-        ],
-        classes: vec![
-            ClassInfo {
-                task: 0,
-                name: "a".into(),
-                dataset_id: 1,
-            },
-            ClassInfo {
-                task: 1,
-                name: "b".into(),
-                dataset_id: 1,
-            },
-        ],
-    };
-    let layout = OutputLayout::new(&space, network.output_mode);
-    let preprocessing = Preprocessing {
-        target_spacing: [1.0; 3],
-        normalization: Normalization::MrRobustZ,
-    };
-    ModelMeta {
-        format_version: FORMAT_VERSION,
-        written_by: "test".into(),
-        network,
-        training: TrainConfig::new(),
-        tasks: space
-            .tasks
-            .iter()
-            .map(|t| TaskMeta {
-                name: t.name.clone(),
-                modality: t.modality,
-                classes: vec![("x".into(), 1)],
-                preprocessing: preprocessing.clone(),
-            })
-            .collect(),
-        label_space: space,
-        layout,
-        iterations: 0,
-        validation_dice: None,
-    }
-}
-
-fn tiny() -> NetworkConfig {
-    NetworkConfig::new()
-        .with_depth(3)
-        .with_kernels(4)
-        .with_fc_width(8)
-        .with_dropout(0.0)
+    two_task_meta(network, &[(0, "a", 1), (1, "b", 1)])
 }
 
 #[test]
@@ -103,7 +45,7 @@ fn trained_looking_network(m: &ModelMeta) -> TriplanarNet {
 /// contains it, or by dense whole-volume inference: training and inference agree.
 #[test]
 fn own_patch_tile_and_dense_inference_agree() {
-    let m = meta(tiny());
+    let m = meta(tiny_network());
     let net = trained_looking_network(&m);
     let device = Device::flex();
     let shape = [10, 9, 8];
@@ -175,7 +117,7 @@ fn own_patch_tile_and_dense_inference_agree() {
 /// differences, on a tiny network in training mode (batch norm with batch statistics).
 #[test]
 fn gradients_match_finite_differences() {
-    let m = meta(tiny());
+    let m = meta(tiny_network());
     let device = Device::flex().autodiff();
     let net = init_network(&m, 3, &device);
     let k = 2;
@@ -236,7 +178,7 @@ fn gradients_match_finite_differences() {
 
 #[test]
 fn model_files_round_trip_and_detect_damage() {
-    let m = meta(tiny());
+    let m = meta(tiny_network());
     let device = Device::flex();
     let net = init_network(&m, 5, &device);
     let file = ModelFile {

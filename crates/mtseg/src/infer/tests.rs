@@ -1,0 +1,101 @@
+//! Whole-file segmentation: geometry kept in every orientation, the same anatomy labelled the
+//! same whatever the file's axis order, labels in the task's own ids.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use super::*;
+use crate::io::{self, DataType, Grid, Image, Volume, orientation::Reorientation};
+use crate::model::{self, Model};
+use crate::test_support::{tiny_network, two_task_meta};
+
+fn segmenter() -> Segmenter {
+    let meta = two_task_meta(tiny_network(), &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
+    // A seed whose random network gives several labels on `ras_image` (the tests check it).
+    let net = model::init_network(&meta, 1, &Device::flex()).valid();
+    Segmenter::new(Model { meta, net }, Path::new("test.mtseg"))
+}
+
+/// A smooth blob with some texture on a RAS grid of 1 mm voxels.
+fn ras_image() -> Image {
+    let grid = Grid::axis_aligned([14, 12, 10], [1.0; 3]);
+    let mut image = Volume::filled(grid.clone(), 0f32, DataType::F32);
+    for (i, v) in image.data.iter_mut().enumerate() {
+        let [x, y, z] = grid.coords(i).map(|c| c as f32);
+        let r2 = (x - 7.0).powi(2) + (y - 6.0).powi(2) + (z - 5.0).powi(2);
+        *v = 100.0 * (-r2 / 20.0).exp() + 10.0 * (x * 0.9 + y * 1.7 - z * 0.4).sin();
+    }
+    image
+}
+
+/// The same world content stored with axis `i` of the file along RAS axis `axes[i]`, reversed
+/// where `flips[i]`.
+fn stored_as(ras: &Image, axes: [usize; 3], flips: [bool; 3]) -> Image {
+    let n = ras.grid.shape;
+    let shape = [n[axes[0]], n[axes[1]], n[axes[2]]];
+    // Stored index -> RAS index, as a 4x4 matrix; the stored affine is the RAS one times it.
+    let mut to_ras = nalgebra::Matrix4::<f64>::zeros();
+    to_ras[(3, 3)] = 1.0;
+    for (i, (&axis, &flip)) in axes.iter().zip(&flips).enumerate() {
+        to_ras[(axis, i)] = if flip { -1.0 } else { 1.0 };
+        if flip {
+            to_ras[(axis, 3)] = (shape[i] - 1) as f64;
+        }
+    }
+    let grid = Grid::new(shape, ras.grid.affine * to_ras);
+    let mut stored = Volume::filled(grid.clone(), 0f32, DataType::F32);
+    for (i, v) in stored.data.iter_mut().enumerate() {
+        let c = grid.coords(i);
+        let u = to_ras * nalgebra::Vector4::new(c[0] as f64, c[1] as f64, c[2] as f64, 1.0);
+        *v = ras.at(u[0] as usize, u[1] as usize, u[2] as usize);
+    }
+    stored
+}
+
+fn segment_in(dir: &Path, name: &str, image: &Image) -> (io::LabelMap, SegmentReport) {
+    let input = dir.join(format!("{name}.nii.gz"));
+    let output = dir.join(format!("{name}_seg.nii.gz"));
+    io::write_image(&input, image).unwrap();
+    let report = segment_file(&segmenter(), &input, &output, Some(0), None).unwrap();
+    (io::read_labels(&output).unwrap(), report)
+}
+
+#[test]
+fn every_orientation_keeps_its_grid_and_gets_the_same_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let ras = ras_image();
+    let (reference, report) = segment_in(dir.path(), "ras", &ras);
+    assert_eq!(reference.grid, ras.grid);
+    assert!(
+        reference.label_values().len() > 1,
+        "a test that sees one label proves nothing"
+    );
+    assert_eq!(report.task.as_deref(), Some("A"));
+    assert_eq!(report.label_values, "dataset");
+    assert!(reference.data.iter().all(|&l| l <= 2));
+
+    for (axes, flips) in [
+        ([0, 1, 2], [true, false, false]), // LAS, the radiological storage order
+        ([1, 2, 0], [false, true, false]), // P, S, R: how the IXI brains are stored
+        ([2, 0, 1], [true, true, true]),
+    ] {
+        let image = stored_as(&ras, axes, flips);
+        let (labels, _) = segment_in(dir.path(), &format!("{axes:?}{flips:?}"), &image);
+        let read_back = io::read_image(&dir.path().join(format!("{axes:?}{flips:?}.nii.gz")));
+        assert_eq!(labels.grid, read_back.unwrap().grid, "{axes:?} {flips:?}");
+        // Back in RAS order, the labels are those of the RAS file, voxel for voxel.
+        let back = Reorientation::to_ras(&labels.grid).apply(&labels);
+        assert_eq!(back.data, reference.data, "{axes:?} {flips:?}");
+    }
+}
+
+#[test]
+fn anisotropic_input_is_resampled_and_comes_back_on_its_own_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut image = ras_image();
+    image.grid = Grid::axis_aligned(image.grid.shape, [0.8, 1.0, 2.5]);
+    let (labels, _) = segment_in(dir.path(), "aniso", &image);
+    let input = io::read_image(&dir.path().join("aniso.nii.gz")).unwrap();
+    assert_eq!(labels.grid, input.grid);
+}
