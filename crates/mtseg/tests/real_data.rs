@@ -8,7 +8,7 @@ use mtseg::eval::dice;
 use mtseg::infer::{Segmenter, segment_file};
 use mtseg::io;
 use mtseg::io::orientation::axcodes;
-use mtseg::preprocess::resample::grid_with_spacing;
+use mtseg::preprocess::resample::{grid_with_spacing, resample_image};
 
 fn shared_data() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
@@ -182,19 +182,20 @@ fn the_shipped_model_recognises_and_segments_real_test_scans() {
             "Dataset001_BrainTissueIXI",
             "IXI048",
             &[1u16, 2, 3, 4, 5, 6][..],
-            0.55,
+            0.72,
         ),
         (
             "Dataset002_HippocampusMSD",
             "hippocampus_037",
             &[1, 2][..],
-            0.5,
+            0.7,
         ),
     ] {
         let dir = root.join(dataset);
         let image = dir.join(format!("imagesTr/{case}_0000.nii.gz"));
         let reference = io::read_labels(&dir.join(format!("labelsTr/{case}.nii.gz"))).unwrap();
-        // No task given: the model must recognise the scan itself.
+        // No task given: the model must recognise the scan itself. The floors are 0.05 below
+        // what the shipped model measured (0.771 and 0.758).
         let (mean, task) = shipped_mean_dice(&segmenter, &image, &reference, None, classes);
         let expected = dataset.split_once('_').unwrap().1;
         assert_eq!(task.as_deref(), Some(expected), "{case}");
@@ -214,15 +215,13 @@ fn the_shipped_model_handles_another_resolution_and_axis_order() {
     let (as_trained, _) =
         shipped_mean_dice(&segmenter, &image_path, &reference, Some(brain), &classes);
 
-    // The same scan at 1 mm (the training data is 2 mm), stored in another axis order. Each
-    // 2 mm voxel becomes eight 1 mm voxels: a 1 mm scan whose 2 mm block averages are the
-    // training scan, so the model must bring it to its own spacing and orientation and the
-    // labels back to the 1 mm grid. (Trilinear upsampling would also blur the image; the
-    // model card reports what that costs.)
+    // The same scan at 1 mm (the training data is 2 mm; trilinear, which also blurs it a
+    // little), stored in another axis order. The reference labels: each 2 mm voxel split
+    // into eight.
     let image = io::read_image(&image_path).unwrap();
     let stored_axes = axcodes(&image.grid.affine);
     let fine = grid_with_spacing(&image.grid, [1.0; 3]);
-    let image = reorder_axes(&split_voxels(&image, &fine));
+    let image = reorder_axes(&resample_image(&image, &fine));
     let reference = reorder_axes(&split_voxels(&reference, &fine));
     assert_ne!(axcodes(&image.grid.affine), stored_axes);
     let out = tempfile::tempdir().unwrap();
