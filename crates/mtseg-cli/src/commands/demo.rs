@@ -10,7 +10,7 @@ use super::experiment::ConsoleObserver;
 /// Make phantoms of the paper's three tasks (brain MRI, breast MRI, cardiac CTA), train the
 /// three single-task networks, the three pairs and the network on all three, test them, and
 /// write a report: OUT/index.md with the table, a bar chart, training curves and test slices.
-/// About 10 minutes on two cores; --quick takes about one.
+/// About 6 minutes on two cores; --quick takes about one.
 #[derive(clap::Args)]
 pub struct Args {
     /// Report folder (re-running resumes: finished networks are kept).
