@@ -2,14 +2,10 @@
 //! datasets check, convert, and their errors on bad input.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn mtseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mtseg"))
-        .args(args)
-        .output()
-        .expect("the mtseg binary runs")
-}
+mod common;
+use common::mtseg;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use mtseg::engine::ParamStore;
 use mtseg::model::Model;
 
@@ -14,18 +16,9 @@ fn mtseg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mtseg"))
 }
 
-fn run(args: &[&str]) {
-    let out = mtseg().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "mtseg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
-    run(&[
+    common::ok(&[
         "-q",
         "phantoms",
         "--out",
@@ -93,7 +86,7 @@ fn a_killed_run_resumes_to_identical_weights() {
 
     let straight = dir.path().join("straight");
     let args = train_args(&data, &config, &straight);
-    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    common::ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
     let interrupted = dir.path().join("interrupted");
     let args = train_args(&data, &config, &interrupted);
@@ -120,7 +113,7 @@ fn a_killed_run_resumes_to_identical_weights() {
 
     let mut resume = args.clone();
     resume.push("--resume".into());
-    run(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    common::ok(&resume.iter().map(String::as_str).collect::<Vec<_>>());
 
     let a = weights(&straight.join("model.mtseg"));
     let b = weights(&interrupted.join("model.mtseg"));
@@ -140,7 +133,7 @@ fn a_corrupted_checkpoint_falls_back_to_the_previous_one() {
     let (data, config) = setup(dir.path());
     let out = dir.path().join("run");
     let args = train_args(&data, &config, &out);
-    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    common::ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let checkpoint = out.join("checkpoint.mtseg");
     assert!(out.join("checkpoint.prev.mtseg").is_file());
     let bytes = std::fs::read(&checkpoint).unwrap();

@@ -3,22 +3,9 @@
 //! the shipped model used when no --model is given.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn mtseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mtseg"))
-        .args(args)
-        .output()
-        .expect("the mtseg binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = mtseg(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "mtseg {args:?} failed: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{mtseg, ok};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
