@@ -14,7 +14,10 @@ Same network and the same three measurements as mtseg's bench (and as the refere
   sgemm   GFLOP/s of a 2048^3 float32 matrix product: the machine's peak, for reading the
           others as a share of it.
 
-usage: torch_reference.py train|slice|volume|sgemm [--steps N] [--threads T]
+With --device cuda the same figures on the GPU (sgemm then 8192^3); --size sets the volume's
+side (64 by default; `mtseg bench --device gpu` also times 256).
+
+usage: torch_reference.py train|slice|volume|sgemm [--steps N] [--threads T] [--device D] [--size N]
 Prints `RESULT <mode> key=value ...` as its last line. Needs `pip install torch`.
 """
 import argparse
@@ -49,22 +52,32 @@ class Triplanar(nn.Module):
         return self.head(torch.cat(features, 1))
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def median_time(fn, warmup, runs):
     times = []
     for i in range(warmup + runs):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def train(steps):
-    model = Triplanar().train()
+    model = Triplanar().to(DEVICE).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    patches = [torch.randn(BATCH, 1, PATCH, PATCH) for _ in range(3)]
-    targets = torch.randint(0, CLASSES, (BATCH,))
+    patches = [torch.randn(BATCH, 1, PATCH, PATCH, device=DEVICE) for _ in range(3)]
+    targets = torch.randint(0, CLASSES, (BATCH,), device=DEVICE)
     losses = []
 
     def step():
@@ -81,17 +94,16 @@ def train(steps):
 
 @torch.no_grad()
 def slice_(runs):
-    branch = make_branch().eval()
-    x = torch.randn(1, 1, 256 + 2 * PAD, 256 + 2 * PAD)
+    branch = make_branch().to(DEVICE).eval()
+    x = torch.randn(1, 1, 256 + 2 * PAD, 256 + 2 * PAD, device=DEVICE)
     seconds = median_time(lambda: branch(x).sum().item(), 1, runs)
     print(f"RESULT slice seconds={seconds:.4f}")
 
 
 @torch.no_grad()
-def volume(runs):
-    model = Triplanar().eval()
-    n = 64
-    padded = nn.functional.pad(torch.randn(1, 1, n, n, n), (PAD,) * 6)[0, 0]  # z, y, x
+def volume(runs, n):
+    model = Triplanar().to(DEVICE).eval()
+    padded = nn.functional.pad(torch.randn(1, 1, n, n, n, device=DEVICE), (PAD,) * 6)[0, 0]  # z, y, x
 
     def segment():
         # Slices along z (axial), y (coronal), x (sagittal); each branch gives (n, C, n, n).
@@ -108,8 +120,8 @@ def volume(runs):
 
 @torch.no_grad()
 def sgemm(runs):
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = 8192 if DEVICE.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     seconds = median_time(lambda: torch.mm(a, b), 1, max(runs, 5))
     print(f"RESULT sgemm gflops={2 * n ** 3 / seconds / 1e9:.1f}")
 
@@ -119,8 +131,14 @@ if __name__ == "__main__":
     parser.add_argument("mode", choices=["train", "slice", "volume", "sgemm"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--size", type=int, default=64, help="side of the volume (volume mode)")
     args = parser.parse_args()
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print("torch", torch.__version__, "threads", torch.get_num_threads(), flush=True)
-    {"train": train, "slice": slice_, "volume": volume, "sgemm": sgemm}[args.mode](args.steps)
+    print("torch", torch.__version__, "threads", torch.get_num_threads(), "device", DEVICE, flush=True)
+    if args.mode == "volume":
+        volume(args.steps, args.size)
+    else:
+        {"train": train, "slice": slice_, "sgemm": sgemm}[args.mode](args.steps)

@@ -87,8 +87,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MTSEG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("mtseg={level},{level}")));
+    // wgpu logs every graphics API it probes and does not find (say, no OpenGL driver) as an
+    // error, even when another API serves the GPU: shown only with -vv.
+    let probing = if verbose >= 2 { level } else { "off" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MTSEG_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("mtseg={level},{level},wgpu_hal={probing}"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -68,19 +68,25 @@ fn train_then_segment_then_evaluate_then_overlay() {
     let model = run.join("model.mtseg");
 
     // A folder of scans: one label map and sidecar per case, on the input's exact grid.
+    let scans = brain.join("imagesTr");
+    let segment_brains = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "-q",
+            "segment",
+            "-i",
+            s(&scans),
+            "-o",
+            s(out),
+            "--model",
+            s(&model),
+            "--task",
+            "PhantomBrainMRI",
+        ];
+        args.extend(extra);
+        ok(&args);
+    };
     let pred = dir.path().join("pred");
-    ok(&[
-        "-q",
-        "segment",
-        "-i",
-        s(&brain.join("imagesTr")),
-        "-o",
-        s(&pred),
-        "--model",
-        s(&model),
-        "--task",
-        "PhantomBrainMRI",
-    ]);
+    segment_brains(&pred, &[]);
     for entry in std::fs::read_dir(brain.join("imagesTr")).unwrap() {
         let image_path = entry.unwrap().path();
         let name = image_path.file_name().unwrap().to_str().unwrap();
@@ -91,6 +97,10 @@ fn train_then_segment_then_evaluate_then_overlay() {
         let side = sidecar(&pred.join(format!("{case}.json")));
         assert_eq!(side["task"], "PhantomBrainMRI");
         assert_eq!(side["label_values"], "dataset");
+        assert_eq!(
+            side["postprocessing"],
+            "largest connected component per task"
+        );
         assert!(
             labels.data.iter().all(|&l| l <= 6),
             "{case}: not a brain label"
@@ -110,6 +120,26 @@ fn train_then_segment_then_evaluate_then_overlay() {
     ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+
+    // --keep-all-components writes the network's raw labels and says so; the default keeps one
+    // connected object per task, so it never labels more voxels.
+    let raw = dir.path().join("raw");
+    segment_brains(&raw, &["--keep-all-components"]);
+    for entry in std::fs::read_dir(&raw).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(case) = name.strip_suffix(".nii.gz") else {
+            continue;
+        };
+        let side = sidecar(&raw.join(format!("{case}.json")));
+        assert!(side["postprocessing"].is_null());
+        assert_eq!(side["voxels_removed_by_postprocessing"], 0);
+        let foreground = |p: &Path| {
+            let labels = mtseg::io::read_labels(p).unwrap();
+            labels.data.iter().filter(|&&l| l > 0).count()
+        };
+        assert!(foreground(&pred.join(&name)) <= foreground(&path), "{case}");
+    }
 
     let report = dir.path().join("report");
     ok(&[
@@ -209,6 +239,28 @@ fn segment_without_a_model_uses_the_shipped_one() {
     let side = sidecar(&dir.path().join("seg.json"));
     assert_eq!(side["model"], mtseg::model::SHIPPED_MODEL);
     assert_eq!(side["task"], "HippocampusMSD");
+
+    // --device gpu runs (a `--features gpu` build with a GPU) or says in one line why not.
+    let gpu = mtseg(&[
+        "-q",
+        "segment",
+        "-i",
+        s(&scan),
+        "-o",
+        s(&dir.path().join("gpu.nii.gz")),
+        "--task",
+        "HippocampusMSD",
+        "--device",
+        "gpu",
+    ]);
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    if !gpu.status.success() {
+        assert!(
+            err.contains("--features gpu") || err.contains("no usable GPU"),
+            "{err}"
+        );
+    }
 
     let unknown = mtseg(&[
         "-q",

@@ -19,9 +19,10 @@ use serde::Serialize;
 
 use crate::data::Batch;
 use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
+use crate::device::Hardware;
 use crate::engine::{FoldedNetwork, ParamStore, matmul};
 use crate::error::{Error, Result};
-use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, segment};
+use crate::infer::{BurnEngine, DenseSettings, Engine, NetworkInput, TaskChoice, segment};
 use crate::model::{
     self, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
     file::FORMAT_VERSION,
@@ -38,6 +39,8 @@ pub struct BenchOptions {
     pub repetitions: usize,
     /// Measure training (figure a and the tiles); skipping it leaves them at 0.
     pub training: bool,
+    /// mtseg's CPU kernels, or burn on a GPU (PyTorch then runs on CUDA).
+    pub hardware: Hardware,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -45,25 +48,34 @@ pub struct TorchFigures {
     pub train_samples_per_s: Option<f64>,
     pub slice_seconds: Option<f64>,
     pub volume_seconds: Option<f64>,
-    /// PyTorch's f32 matrix product (2048^3, same threads), GFLOP/s.
+    /// PyTorch's f32 matrix product (2048^3 with the same threads, or 8192^3 on CUDA),
+    /// GFLOP/s.
     pub sgemm_gflops: Option<f64>,
+    /// A 256^3 volume, on a GPU only.
+    pub large_volume_seconds: Option<f64>,
     pub version: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub quick: bool,
+    /// `cpu` or `gpu`.
+    pub device: String,
     pub cpu: String,
     pub threads: usize,
     /// f32 matrix-product rate of the `gemm` crate that mtseg's kernels use (2048^3, all
-    /// threads), GFLOP/s.
+    /// threads), or of burn on the GPU (8192^3), GFLOP/s.
     pub sgemm_gflops: f64,
+    /// The side of that matrix product.
+    pub sgemm_size: usize,
     pub train_samples_per_s: f64,
     pub train_gflops: f64,
     pub slice_seconds: f64,
     pub slice_gflops: f64,
     pub volume_seconds: f64,
     pub volume_gflops: f64,
+    /// Dense segmentation of a 256^3 volume, on a GPU only (issue target: under 2 s).
+    pub large_volume_seconds: Option<f64>,
     /// Labelled voxels per second when training on cubes of k^3 output voxels.
     pub tile_voxels_per_s: Vec<(usize, f64)>,
     pub peak_rss_mb: f64,
@@ -179,33 +191,104 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Seconds per training step (forward, backward, Adam) on `batch`, median of `repetitions`.
-fn train_seconds(meta: &ModelMeta, batch: &Batch, repetitions: usize) -> f64 {
-    let device = Device::flex().autodiff();
-    let mut net = model::init_network(meta, 1, &device);
+/// Seconds per training step (forward, backward, Adam) on `batch`, median of `repetitions`:
+/// mtseg's CPU kernels, or burn's autodiff on the GPU, as `mtseg train` runs them.
+fn train_seconds(
+    meta: &ModelMeta,
+    batch: &Batch,
+    repetitions: usize,
+    hardware: Hardware,
+    device: &Device,
+) -> f64 {
+    let mut net = model::init_network(meta, 1, &device.clone().autodiff());
     let mut optimizer: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-8).init();
     let config = &meta.training;
     let mut times = Vec::new();
     for i in 0..repetitions + 1 {
-        let store = ParamStore::read(&net);
+        let store = match hardware {
+            Hardware::Cpu => ParamStore::read(&net),
+            Hardware::Gpu => ParamStore::default(),
+        };
         let start = Instant::now();
-        let (next, _) = crate::train::step(
-            net,
-            &store,
-            &mut optimizer,
-            batch,
-            &meta.layout,
-            config,
-            0.5,
-            1e-3,
-            i as u64,
-        );
+        let (next, _) = match hardware {
+            Hardware::Cpu => crate::train::step(
+                net,
+                &store,
+                &mut optimizer,
+                batch,
+                &meta.layout,
+                config,
+                0.5,
+                1e-3,
+                i as u64,
+            ),
+            Hardware::Gpu => {
+                crate::train::burn_step(net, &mut optimizer, batch, &meta.layout, config, 1e-3)
+            }
+        };
         net = next;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
     }
     median(times)
+}
+
+/// burn's f32 matrix product on the GPU, GFLOP/s.
+fn device_sgemm_gflops(n: usize, device: &Device) -> Result<f64> {
+    use burn::tensor::Distribution;
+    let a = Tensor::<2>::random([n, n], Distribution::Default, device);
+    let b = Tensor::<2>::random([n, n], Distribution::Default, device);
+    let sync = || {
+        device
+            .sync()
+            .map_err(|e| Error::usage(format!("the GPU failed: {e:?}")))
+    };
+    let mut times = Vec::new();
+    for i in 0..6 {
+        sync()?;
+        let start = Instant::now();
+        let _ = a.clone().matmul(b.clone());
+        sync()?;
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(times) / 1e9)
+}
+
+/// Seconds to segment a random `n^3` volume densely (three branches, head, argmax), median
+/// of `repetitions` after one warm-up.
+fn time_volume(
+    engine: &dyn Engine,
+    meta: &ModelMeta,
+    settings: &DenseSettings,
+    n: usize,
+    repetitions: usize,
+    rng: &mut ChaCha8Rng,
+) -> f64 {
+    let volume: Vec<f32> = (0..n * n * n).map(|_| rng.random::<f32>()).collect();
+    let input = NetworkInput {
+        image: &volume,
+        shape: [n; 3],
+        pad: 0.0,
+    };
+    median(
+        (0..repetitions + 1)
+            .map(|_| {
+                let start = Instant::now();
+                let _ = segment(
+                    engine,
+                    &meta.layout,
+                    &input,
+                    TaskChoice::Automatic,
+                    settings,
+                );
+                start.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect(),
+    )
 }
 
 fn sgemm_gflops(n: usize) -> f64 {
@@ -261,7 +344,14 @@ fn cpu_name() -> String {
 }
 
 /// Runs `bench/torch_reference.py MODE` and reads the `RESULT` line.
-fn torch_result(python: &Path, script: &Path, mode: &str, key: &str, steps: usize) -> Option<f64> {
+fn torch_result(
+    python: &Path,
+    script: &Path,
+    mode: &str,
+    key: &str,
+    steps: usize,
+    extra: &[&str],
+) -> Option<f64> {
     let out = Command::new(python)
         .arg(script)
         .arg(mode)
@@ -271,6 +361,7 @@ fn torch_result(python: &Path, script: &Path, mode: &str, key: &str, steps: usiz
             "--threads",
             &rayon::current_num_threads().to_string(),
         ])
+        .args(extra)
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -288,23 +379,24 @@ fn torch_figures(options: &BenchOptions) -> Option<TorchFigures> {
         .ok()
         .filter(|o| o.status.success())?;
     let steps = options.repetitions.max(3);
+    let device: &[&str] = match options.hardware {
+        Hardware::Cpu => &[],
+        Hardware::Gpu => &["--device", "cuda"],
+    };
+    let run = |mode: &str, key: &str, steps: usize, extra: &[&str]| {
+        let args: Vec<&str> = device.iter().chain(extra).copied().collect();
+        torch_result(python, &options.torch_script, mode, key, steps, &args)
+    };
+    let volumes = options.repetitions.max(1);
     Some(TorchFigures {
-        train_samples_per_s: torch_result(
-            python,
-            &options.torch_script,
-            "train",
-            "samples_per_s",
-            steps,
-        ),
-        slice_seconds: torch_result(python, &options.torch_script, "slice", "seconds", steps),
-        volume_seconds: torch_result(
-            python,
-            &options.torch_script,
-            "volume",
-            "seconds",
-            options.repetitions.max(1),
-        ),
-        sgemm_gflops: torch_result(python, &options.torch_script, "sgemm", "gflops", steps),
+        train_samples_per_s: run("train", "samples_per_s", steps, &[]),
+        slice_seconds: run("slice", "seconds", steps, &[]),
+        volume_seconds: run("volume", "seconds", volumes, &[]),
+        sgemm_gflops: run("sgemm", "gflops", steps, &[]),
+        large_volume_seconds: match options.hardware {
+            Hardware::Cpu => None,
+            Hardware::Gpu => run("volume", "seconds", volumes, &["--size", "256"]),
+        },
         version: String::from_utf8_lossy(&version.stdout).trim().to_string(),
     })
 }
@@ -324,13 +416,22 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
     };
     let mut rng = ChaCha8Rng::seed_from_u64(7);
 
+    let device = options.hardware.burn_device()?;
     progress("sgemm");
-    let sgemm = sgemm_gflops(if options.quick { 256 } else { 2048 });
+    let sgemm_size = match (options.quick, options.hardware) {
+        (true, _) => 256,
+        (false, Hardware::Cpu) => 2048,
+        (false, Hardware::Gpu) => 8192,
+    };
+    let sgemm = match options.hardware {
+        Hardware::Cpu => sgemm_gflops(sgemm_size),
+        Hardware::Gpu => device_sgemm_gflops(sgemm_size, &device)?,
+    };
 
     progress("training, 64 voxels x three 51x51 patches");
     let batch = random_batch(64, 1, rf, classes, &mut rng);
     let step = if options.training {
-        train_seconds(&meta, &batch, reps)
+        train_seconds(&meta, &batch, reps, options.hardware, &device)
     } else {
         f64::INFINITY
     };
@@ -338,8 +439,17 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
         3.0 * 64.0 * (3.0 * branch_flops(config, rf, rf) + head_flops(config, 1, classes));
 
     progress("one branch over a 256x256 slice");
-    let net = model::init_network(&meta, 3, &Device::flex()).valid();
-    let engine = FoldedNetwork::from_burn(&net);
+    let net = model::init_network(&meta, 3, &device).valid();
+    let (engine, settings): (Box<dyn Engine + Send>, _) = match options.hardware {
+        Hardware::Cpu => (
+            Box::new(FoldedNetwork::from_burn(&net)),
+            DenseSettings::default(),
+        ),
+        Hardware::Gpu => (
+            Box::new(BurnEngine::new(&net, device.clone())),
+            DenseSettings::gpu(),
+        ),
+    };
     let slice = if options.quick { 64 } else { 256 };
     let side = slice + 2 * config.depth;
     let image: Vec<f32> = (0..side * side).map(|_| rng.random::<f32>()).collect();
@@ -357,31 +467,25 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
 
     progress("dense segmentation of a 64^3 volume");
     let n = if options.quick { 16 } else { 64 };
-    let volume: Vec<f32> = (0..n * n * n).map(|_| rng.random::<f32>()).collect();
-    let input = NetworkInput {
-        image: &volume,
-        shape: [n; 3],
-        pad: 0.0,
-    };
-    let volume_seconds = median(
-        (0..reps.min(3) + 1)
-            .map(|_| {
-                let start = Instant::now();
-                let _ = segment(
-                    &engine,
-                    &meta.layout,
-                    &input,
-                    TaskChoice::Automatic,
-                    &DenseSettings::default(),
-                );
-                start.elapsed().as_secs_f64()
-            })
-            .skip(1)
-            .collect(),
-    );
+    let volume_seconds = time_volume(engine.as_ref(), &meta, &settings, n, reps.min(3), &mut rng);
     let volume_flops =
         3.0 * n as f64 * branch_flops(config, n + 2 * config.depth, n + 2 * config.depth)
             + head_flops(config, n * n * n, classes);
+    let large_volume_seconds = match options.hardware {
+        Hardware::Cpu => None,
+        Hardware::Gpu => {
+            progress("dense segmentation of a 256^3 volume");
+            let n = if options.quick { 32 } else { 256 };
+            Some(time_volume(
+                engine.as_ref(),
+                &meta,
+                &settings,
+                n,
+                reps.min(2),
+                &mut rng,
+            ))
+        }
+    };
 
     progress("dense output tiles");
     let tiles: &[usize] = match (options.training, options.quick) {
@@ -394,7 +498,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
         .map(|&k| {
             let cubes = (64 / (k * k)).max(3);
             let batch = random_batch(cubes, k, rf, classes, &mut rng);
-            let seconds = train_seconds(&meta, &batch, reps.min(3));
+            let seconds = train_seconds(&meta, &batch, reps.min(3), options.hardware, &device);
             (k, (cubes * k * k * k) as f64 / seconds)
         })
         .collect();
@@ -407,15 +511,18 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
     };
     Ok(BenchReport {
         quick: options.quick,
+        device: options.hardware.to_string(),
         cpu: cpu_name(),
         threads: rayon::current_num_threads(),
         sgemm_gflops: sgemm,
+        sgemm_size,
         train_samples_per_s: 64.0 / step,
         train_gflops: train_flops / step / 1e9,
         slice_seconds,
         slice_gflops: slice_flops / slice_seconds / 1e9,
         volume_seconds,
         volume_gflops: volume_flops / volume_seconds / 1e9,
+        large_volume_seconds,
         tile_voxels_per_s,
         peak_rss_mb: peak_rss_mb(),
         torch,
@@ -440,11 +547,24 @@ impl BenchReport {
         let torch_sgemm = torch.and_then(|t| t.sgemm_gflops);
         let peak = self.sgemm_gflops.max(torch_sgemm.unwrap_or(0.0));
         let share = |g: f64| format!("{:.0}%", 100.0 * g / peak);
+        let (machine, sgemm) = match self.device.as_str() {
+            "gpu" => (
+                "GPU through burn's wgpu backend; PyTorch on CUDA".to_string(),
+                format!(
+                    "{}^3: {:.0} GFLOP/s with burn",
+                    self.sgemm_size, self.sgemm_gflops
+                ),
+            ),
+            _ => (
+                format!("{} ({} threads)", self.cpu, self.threads),
+                format!(
+                    "{}^3: {:.0} GFLOP/s with the gemm crate",
+                    self.sgemm_size, self.sgemm_gflops
+                ),
+            ),
+        };
         let mut out = format!(
-            "{} ({} threads), sgemm 2048^3: {:.0} GFLOP/s with the gemm crate, {} with PyTorch{}\n\n",
-            self.cpu,
-            self.threads,
-            self.sgemm_gflops,
+            "{machine}, f32 matrix product {sgemm}, {} with PyTorch{}\n\n",
             torch_sgemm.map_or("not run".to_string(), |g| format!("{g:.0} GFLOP/s")),
             if self.quick {
                 " -- QUICK RUN: tiny network, figures are not comparable"
@@ -473,6 +593,13 @@ impl BenchReport {
             self.volume_gflops,
             share(self.volume_gflops)
         ));
+        if let Some(seconds) = self.large_volume_seconds {
+            out.push_str(&format!(
+                "| (d) dense segmentation of 256^3, s | {seconds:.2} | {} | {} | |\n",
+                fmt(torch.and_then(|t| t.large_volume_seconds), 2),
+                ratio(seconds, torch.and_then(|t| t.large_volume_seconds), false),
+            ));
+        }
         out.push_str("\nTraining on dense output tiles (cubes of k^3 voxels):\n\n| k | labelled voxels/s |\n|---|---|\n");
         for (k, v) in &self.tile_voxels_per_s {
             out.push_str(&format!("| {k} | {v:.0} |\n"));

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::device::Hardware;
 use crate::error::{Error, Result};
 use crate::experiment::{self, ExperimentObserver, ExperimentRequest, ResultsTable};
 use crate::io;
@@ -20,6 +21,7 @@ pub struct DemoOptions {
     pub cases: usize,
     pub seed: u64,
     pub preset: Preset,
+    pub hardware: Hardware,
 }
 
 impl DemoOptions {
@@ -33,6 +35,7 @@ impl DemoOptions {
             cases: 6,
             seed: 1,
             preset,
+            hardware: Hardware::Cpu,
         }
     }
 
@@ -48,6 +51,7 @@ impl DemoOptions {
             cases: 4,
             seed: 1,
             preset,
+            hardware: Hardware::Cpu,
         }
     }
 }
@@ -85,6 +89,7 @@ pub fn run(
         out: options.out.clone(),
         preset: options.preset.clone(),
         runs: experiment::all_combinations(folders.len(), options.preset.network.output_mode),
+        hardware: options.hardware,
     };
     let table = experiment::run(&request, observer)?;
     let overlays = write_overlays(&options.out, &folders)?;

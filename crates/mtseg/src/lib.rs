@@ -9,6 +9,7 @@ pub mod bench;
 pub mod data;
 pub mod datasets;
 pub mod demo;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod eval;

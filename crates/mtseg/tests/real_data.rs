@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use mtseg::datasets::{Task, TaskSet};
+use mtseg::device::Hardware;
 use mtseg::eval::dice;
 use mtseg::infer::{Segmenter, segment_file};
 use mtseg::io;
@@ -176,7 +177,7 @@ fn shipped_mean_dice(
 #[test]
 fn the_shipped_model_recognises_and_segments_real_test_scans() {
     let Some(root) = shared_data() else { return };
-    let segmenter = Segmenter::shipped().unwrap();
+    let segmenter = Segmenter::shipped(Hardware::Cpu).unwrap();
     for (dataset, case, classes, floor) in [
         (
             "Dataset001_BrainTissueIXI",
@@ -206,7 +207,7 @@ fn the_shipped_model_recognises_and_segments_real_test_scans() {
 #[test]
 fn the_shipped_model_handles_another_resolution_and_axis_order() {
     let Some(root) = shared_data() else { return };
-    let segmenter = Segmenter::shipped().unwrap();
+    let segmenter = Segmenter::shipped(Hardware::Cpu).unwrap();
     let brain = segmenter.task_index("BrainTissueIXI").unwrap();
     let dir = root.join("Dataset001_BrainTissueIXI");
     let image_path = dir.join("imagesTr/IXI049_0000.nii.gz");

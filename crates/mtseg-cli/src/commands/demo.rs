@@ -22,6 +22,9 @@ pub struct Args {
     /// Training iterations per network (default: 400, quick: 60).
     #[arg(long)]
     iterations: Option<usize>,
+    /// Where to train and segment: mtseg's CPU kernels, or a GPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: super::DeviceArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -30,6 +33,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         DemoOptions::full(args.out)
     };
+    options.hardware = args.device.into();
     if let Some(n) = args.iterations {
         options.preset.training.iterations = n;
     }

@@ -39,6 +39,9 @@ pub struct Args {
     only: Vec<String>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Where to train and segment: mtseg's CPU kernels, or a GPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: super::DeviceArg,
 }
 
 /// `0,2` or `0,2:union`: task indices in the order of --datasets, then an optional mode.
@@ -133,6 +136,7 @@ pub fn run(args: Args) -> Result<()> {
         out: args.out.clone(),
         preset,
         runs,
+        hardware: args.device.into(),
     };
     let table = experiment::run(&request, &mut ConsoleObserver::new())?;
     print!("{}", table.to_markdown());

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use mtseg::device::Hardware;
 use mtseg::infer::{Segmenter, segment_file};
 use mtseg::io;
 use mtseg::model::SHIPPED_MODEL;
@@ -31,20 +32,18 @@ pub struct Args {
     probabilities: Option<PathBuf>,
     /// Where to run the network.
     #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
+    device: super::DeviceArg,
     /// Replace existing outputs.
     #[arg(long)]
     overwrite: bool,
+    /// Keep every connected piece of each task's labels (by default only each task's
+    /// largest connected object is kept: islands in the scalp or neck are dropped).
+    #[arg(long)]
+    keep_all_components: bool,
     /// With a folder INPUT: segment only shard I of N (`--shard 0/4`), a deterministic
     /// subset, so that N jobs can share a cohort and one output folder.
     #[arg(long, value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum DeviceArg {
-    Cpu,
-    Gpu,
 }
 
 fn parse_shard(text: &str) -> Result<(usize, usize), String> {
@@ -72,16 +71,11 @@ fn output_name(input: &Path) -> String {
     format!("{}.nii.gz", stem.strip_suffix("_0000").unwrap_or(stem))
 }
 
-pub fn load_segmenter(model: Option<&Path>, device: DeviceArg) -> Result<Segmenter> {
-    if let DeviceArg::Gpu = device {
-        bail!(
-            "this mtseg was built for the CPU only: segmentation runs on mtseg's own CPU kernels (see the README's GPU section)"
-        );
-    }
+fn load_segmenter(model: Option<&Path>, hardware: Hardware) -> Result<Segmenter> {
     match model {
-        Some(path) => Ok(Segmenter::load(path)?),
+        Some(path) => Ok(Segmenter::load(path, hardware)?),
         None => {
-            let segmenter = Segmenter::shipped()?;
+            let segmenter = Segmenter::shipped(hardware)?;
             tracing::info!(
                 "no --model given: using the shipped model {} (tasks: {})",
                 SHIPPED_MODEL,
@@ -93,7 +87,8 @@ pub fn load_segmenter(model: Option<&Path>, device: DeviceArg) -> Result<Segment
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let segmenter = load_segmenter(args.model.as_deref(), args.device)?;
+    let mut segmenter = load_segmenter(args.model.as_deref(), args.device.into())?;
+    segmenter.largest_component = !args.keep_all_components;
     let task = args
         .task
         .as_deref()

@@ -42,6 +42,9 @@ pub struct Args {
     /// Random seed (overrides the configuration).
     #[arg(long)]
     seed: Option<u64>,
+    /// Where to train: mtseg's CPU kernels, or burn's autodiff on a GPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: super::DeviceArg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -133,6 +136,7 @@ pub fn run(args: Args) -> Result<()> {
         resume: args.resume,
         time_budget: args.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
         splits: None,
+        hardware: args.device.into(),
     };
     let mut observer = ProgressObserver::new("train");
     let outcome = train::train(&request, &mut observer);

@@ -42,6 +42,28 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn inference_matches_burn_to_1e_4() {
+    burn_on_device_matches_the_kernels(Device::flex());
+}
+
+/// With `--features gpu`: burn on the GPU (the `--device gpu` path) gives the CPU kernels'
+/// outputs. Without a GPU it says so loudly and passes, unless MTSEG_REQUIRE_GPU is set.
+#[cfg(feature = "gpu")]
+#[test]
+fn inference_on_the_gpu_matches_the_kernels() {
+    on_the_gpu(burn_on_device_matches_the_kernels);
+}
+
+/// Runs `check` on the GPU; without one, says so loudly (or fails under MTSEG_REQUIRE_GPU).
+#[cfg(feature = "gpu")]
+fn on_the_gpu(check: fn(Device)) {
+    match crate::device::Hardware::Gpu.burn_device() {
+        Ok(device) => check(device),
+        Err(e) if std::env::var_os("MTSEG_REQUIRE_GPU").is_some() => panic!("{e}"),
+        Err(e) => eprintln!("\n*** NOT CHECKED: no GPU here ({e}) ***\n"),
+    }
+}
+
+fn burn_on_device_matches_the_kernels(device: Device) {
     for network_config in [
         NetworkConfig::new()
             .with_depth(3)
@@ -55,10 +77,7 @@ fn inference_matches_burn_to_1e_4() {
     ] {
         let m = meta(network_config);
         let net = network(&m, 11);
-        let burn = BurnEngine {
-            net: &net,
-            device: Device::flex(),
-        };
+        let burn = BurnEngine::new(&net, device.clone());
         let ours = FoldedNetwork::from_burn(&net);
         let (n, h, w) = (3, 2 * m.network.depth + 7, 2 * m.network.depth + 4);
         let slices: Vec<f32> = (0..n * h * w)
@@ -113,6 +132,36 @@ fn volume(task: usize, seed: usize) -> TrainingVolume {
     }
 }
 
+/// A tiny network without dropout, so that two implementations see the same forward pass.
+fn training_meta(mode: OutputMode) -> ModelMeta {
+    meta(
+        NetworkConfig::new()
+            .with_depth(2)
+            .with_kernels(3)
+            .with_fc_width(6)
+            .with_dropout(0.0)
+            .with_output_mode(mode),
+    )
+}
+
+/// A batch of cubes of 3^3 voxels, two per task, from two small volumes.
+fn two_task_batch(m: &ModelMeta, class_balance: f64) -> (TrainConfig, crate::data::Batch) {
+    let volumes = vec![volume(0, 1), volume(1, 2)];
+    let config = TrainConfig::new()
+        .with_tile(3)
+        .with_samples_per_task(2)
+        .with_class_balance(class_balance);
+    let batch = BalancedSampler::new(9).next_batch(
+        &volumes,
+        2,
+        &[2, 1],
+        m.network.patch_size(),
+        &config,
+        &m.layout,
+    );
+    (config, batch)
+}
+
 /// burn's autodiff gradients of the same loss on the same batch.
 fn burn_gradients(
     net: &TriplanarNet,
@@ -129,14 +178,7 @@ fn burn_gradients(
         std::path::Path::new("t"),
     )
     .unwrap();
-    let side = batch.patch_side;
-    let n = batch.cubes * batch.tile;
-    let patches = batch
-        .patches
-        .clone()
-        .map(|p| Tensor::<4>::from_data(TensorData::new(p, [n, 1, side, side]), &device));
-    let out = net.forward_cubes(patches, batch.cubes, batch.tile);
-    let loss = crate::train::loss::batch_loss(out, batch, &m.layout, config, &device);
+    let loss = crate::train::burn_loss(&net, batch, &m.layout, config);
     let grads = loss.backward();
     let value = loss.into_scalar::<f32>() as f64;
     let grads = GradientsParams::from_grads(grads, &net);
@@ -163,28 +205,9 @@ fn burn_gradients(
 #[test]
 fn training_gradients_match_burn_autodiff() {
     for (mode, weighted) in [(OutputMode::Union, false), (OutputMode::PerTask, true)] {
-        let m = meta(
-            NetworkConfig::new()
-                .with_depth(2)
-                .with_kernels(3)
-                .with_fc_width(6)
-                .with_dropout(0.0)
-                .with_output_mode(mode),
-        );
+        let m = training_meta(mode);
         let net = network(&m, 5);
-        let volumes = vec![volume(0, 1), volume(1, 2)];
-        let config = TrainConfig::new()
-            .with_tile(3)
-            .with_samples_per_task(2)
-            .with_class_balance(if weighted { 1.0 } else { 0.0 });
-        let batch = BalancedSampler::new(9).next_batch(
-            &volumes,
-            2,
-            &[2, 1],
-            m.network.patch_size(),
-            &config,
-            &m.layout,
-        );
+        let (config, batch) = two_task_batch(&m, if weighted { 1.0 } else { 0.0 });
         let (burn_loss, burn_grads) = burn_gradients(&net, &m, &batch, &config);
         let ours = train_step(
             &CpuNetwork::from_burn(&net, 0.0),
@@ -215,4 +238,81 @@ fn training_gradients_match_burn_autodiff() {
                 .contains_key("branches.2.layers.1.norm.running_var")
         );
     }
+}
+
+/// `mtseg train --device gpu` steps with burn's autodiff instead of these kernels: run on
+/// the CPU device, its first step must see the same loss and batch statistics as theirs, and
+/// repeated steps must lower the loss.
+#[test]
+fn the_burn_training_step_of_the_gpu_path_agrees_with_the_kernels() {
+    burn_training_step_agrees_with_the_kernels(Device::flex());
+}
+
+/// The same on the GPU (with `--features gpu`; see `inference_on_the_gpu_matches_the_kernels`).
+#[cfg(feature = "gpu")]
+#[test]
+fn the_burn_training_step_on_the_gpu_agrees_with_the_kernels() {
+    on_the_gpu(burn_training_step_agrees_with_the_kernels);
+}
+
+fn burn_training_step_agrees_with_the_kernels(burn_device: Device) {
+    use burn::optim::{AdamConfig, ModuleOptimizer};
+
+    let m = training_meta(OutputMode::PerTask);
+    let net = network(&m, 5).train();
+    let bytes = model::weights_to_bytes(&net).unwrap();
+    let load = |device: &Device| {
+        model::network_from_bytes(
+            &m,
+            &bytes,
+            &device.clone().autodiff(),
+            std::path::Path::new("t"),
+        )
+        .unwrap()
+    };
+    let (config, batch) = two_task_batch(&m, 1.0);
+    let adam = || -> ModuleOptimizer { AdamConfig::new().init() };
+
+    let kernels_net = load(&Device::flex());
+    let store = ParamStore::read(&kernels_net);
+    let (kernels_net, kernels_loss) = crate::train::step(
+        kernels_net,
+        &store,
+        &mut adam(),
+        &batch,
+        &m.layout,
+        &config,
+        0.0,
+        1e-2,
+        1,
+    );
+    let mut optimizer = adam();
+    let (mut burn_net, burn_loss) = crate::train::burn_step(
+        load(&burn_device),
+        &mut optimizer,
+        &batch,
+        &m.layout,
+        &config,
+        1e-2,
+    );
+    assert!(
+        (kernels_loss - burn_loss).abs() < 1e-4 * burn_loss.max(1.0),
+        "loss {kernels_loss} vs {burn_loss}"
+    );
+    let (a, b) = (ParamStore::read(&kernels_net), ParamStore::read(&burn_net));
+    let running: Vec<&String> = a.tensors.keys().filter(|k| k.contains("running")).collect();
+    assert!(!running.is_empty());
+    for path in running {
+        let diff = max_difference(&a.tensors[path].values, &b.tensors[path].values);
+        assert!(diff < 1e-4, "{path}: running statistics differ by {diff}");
+    }
+
+    let mut last = burn_loss;
+    for _ in 0..5 {
+        let (next, loss) =
+            crate::train::burn_step(burn_net, &mut optimizer, &batch, &m.layout, &config, 1e-2);
+        burn_net = next;
+        last = loss;
+    }
+    assert!(last < 0.9 * burn_loss, "loss {burn_loss} -> {last}");
 }

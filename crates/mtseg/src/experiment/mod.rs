@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use table::{ResultsTable, Row};
 
 use crate::datasets::{Split, Splits, Task, TaskSet};
+use crate::device::Hardware;
 use crate::error::{Error, Result};
 use crate::eval::{ClassSpec, EvaluationReport, EvaluationTask, evaluate_pairs};
 use crate::infer::{Segmenter, segment_file};
@@ -81,6 +82,8 @@ pub struct ExperimentRequest {
     pub preset: Preset,
     /// The networks to train; [`all_combinations`] by default.
     pub runs: Vec<RunSpec>,
+    /// Where to train and segment.
+    pub hardware: Hardware,
 }
 
 /// What one finished run left behind (stored as `result.json` in its folder).
@@ -177,9 +180,10 @@ fn run_one(
         resume: true,
         time_budget: None,
         splits: Some(spec.tasks.iter().map(|&t| splits[t].clone()).collect()),
+        hardware: request.hardware,
     };
     let outcome = train::train(&train_request, observer.training())?;
-    let segmenter = Segmenter::load(&outcome.model)?;
+    let segmenter = Segmenter::load(&outcome.model, request.hardware)?;
     let mut cases = Vec::new();
     for &t in &spec.tasks {
         let task = &set.tasks[t];

@@ -1,16 +1,26 @@
-//! The reference [`Engine`]: the burn network itself, on any burn device.
+//! The burn network itself as an [`Engine`], on any burn device: the GPU path of `segment`,
+//! and the reference that mtseg's CPU kernels are tested against.
 
 use burn::prelude::*;
 
 use super::dense::Engine;
 use crate::model::{Orientation, TriplanarNet};
 
-pub struct BurnEngine<'a> {
-    pub net: &'a TriplanarNet,
+pub struct BurnEngine {
+    /// In evaluation mode, on `device`.
+    pub net: TriplanarNet,
     pub device: Device,
 }
 
-impl BurnEngine<'_> {
+impl BurnEngine {
+    /// The network moved to `device`.
+    pub fn new(net: &TriplanarNet, device: Device) -> Self {
+        BurnEngine {
+            net: net.clone().to_device(&device),
+            device,
+        }
+    }
+
     fn tensor(&self, data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
         Tensor::from_data(TensorData::new(data, shape), &self.device)
     }
@@ -22,7 +32,7 @@ fn values(t: Tensor<4>) -> Vec<f32> {
         .expect("the network computes in f32")
 }
 
-impl Engine for BurnEngine<'_> {
+impl Engine for BurnEngine {
     fn depth(&self) -> usize {
         self.net.branches[0].layers.len()
     }

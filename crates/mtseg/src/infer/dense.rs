@@ -55,6 +55,18 @@ impl Default for DenseSettings {
     }
 }
 
+impl DenseSettings {
+    /// For a GPU: big launches, and slabs thick enough that the coronal and sagittal
+    /// branches recompute little of their padding (4 GiB of host memory for features).
+    pub fn gpu() -> Self {
+        DenseSettings {
+            slab_bytes: 4 << 30,
+            slice_batch: 32,
+            head_voxels: 1 << 20,
+        }
+    }
+}
+
 /// A volume in network layout (canonical RAS, the task's spacing, normalised).
 pub struct NetworkInput<'a> {
     pub image: &'a [f32],

@@ -4,6 +4,7 @@
 pub mod burn_engine;
 pub mod dense;
 pub mod pipeline;
+pub mod postprocess;
 
 use serde::Serialize;
 

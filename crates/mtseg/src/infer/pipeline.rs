@@ -8,44 +8,61 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{DenseSettings, NetworkInput, Recognition, Segmentation, TaskChoice, segment};
+use super::postprocess::keep_largest_component;
+use super::{
+    BurnEngine, DenseSettings, Engine, NetworkInput, Recognition, Segmentation, TaskChoice, segment,
+};
 use crate::datasets::Modality;
+use crate::device::Hardware;
 use crate::engine::FoldedNetwork;
 use crate::error::{Error, Result};
 use crate::io::{self, Image};
 use crate::model::{Model, ModelMeta, OutputMode};
 use crate::preprocess::{self, Preprocessing, normalize::percentiles};
 
-/// A model ready to segment on the CPU kernels.
+/// A model ready to segment, on the CPU kernels or on a GPU.
 pub struct Segmenter {
     pub meta: ModelMeta,
-    pub engine: FoldedNetwork,
+    pub engine: Box<dyn Engine + Send>,
     pub settings: DenseSettings,
     pub source: PathBuf,
+    /// Keep only each task's largest connected object ([`keep_largest_component`]).
+    pub largest_component: bool,
 }
 
 impl Segmenter {
-    /// Loads a model file for segmentation on the CPU.
-    pub fn load(path: &Path) -> Result<Self> {
-        let model = Model::load_cpu(path)?;
-        Ok(Segmenter::new(model, path))
+    /// Loads a model file to segment on `hardware`.
+    pub fn load(path: &Path, hardware: Hardware) -> Result<Self> {
+        Segmenter::new(Model::load_cpu(path)?, path, hardware)
     }
 
-    /// The model shipped with mtseg (models/README.md), for the CPU.
-    pub fn shipped() -> Result<Self> {
-        Ok(Segmenter::new(
+    /// The model shipped with mtseg (models/README.md).
+    pub fn shipped(hardware: Hardware) -> Result<Self> {
+        Segmenter::new(
             crate::model::load_shipped()?,
             Path::new(crate::model::SHIPPED_MODEL),
-        ))
+            hardware,
+        )
     }
 
-    pub fn new(model: Model, source: &Path) -> Self {
-        Segmenter {
-            engine: FoldedNetwork::from_burn(&model.net),
+    pub fn new(model: Model, source: &Path, hardware: Hardware) -> Result<Self> {
+        let (engine, settings): (Box<dyn Engine + Send>, _) = match hardware {
+            Hardware::Cpu => (
+                Box::new(FoldedNetwork::from_burn(&model.net)),
+                DenseSettings::default(),
+            ),
+            Hardware::Gpu => (
+                Box::new(BurnEngine::new(&model.net, hardware.burn_device()?)),
+                DenseSettings::gpu(),
+            ),
+        };
+        Ok(Segmenter {
+            engine,
             meta: model.meta,
-            settings: DenseSettings::default(),
+            settings,
             source: source.to_path_buf(),
-        }
+            largest_component: true,
+        })
     }
 
     /// The index of a task by name, with a helpful error listing the model's tasks.
@@ -78,6 +95,11 @@ pub struct SegmentReport {
     pub recognition: Option<RecognitionReport>,
     /// Voxels given a class of each task (joint decisions), by task name.
     pub voxels_per_task: BTreeMap<String, usize>,
+    /// What was done to the network's labels before they were written (`None`: nothing).
+    pub postprocessing: Option<&'static str>,
+    /// Voxels (on the model's grid) that post-processing set to background.
+    pub voxels_removed_by_postprocessing: usize,
+    /// Mean probability of the winning class, before post-processing.
     pub mean_probability: f32,
     pub seconds: f64,
     pub written_by: String,
@@ -134,7 +156,7 @@ fn run(
         pad,
     };
     let segmentation = segment(
-        &segmenter.engine,
+        segmenter.engine.as_ref(),
         &segmenter.meta.layout,
         &input,
         choice,
@@ -188,11 +210,16 @@ pub fn segment_file(
         ),
     };
     let Run {
-        segmentation,
+        mut segmentation,
         prepared,
         ..
     } = result;
     let space = &meta.label_space;
+    let removed = if segmenter.largest_component {
+        keep_largest_component(&mut segmentation.labels, prepared.image.grid.shape, space)
+    } else {
+        0
+    };
     let mut voxels_per_task = BTreeMap::new();
     for t in &space.tasks {
         voxels_per_task.insert(t.name.clone(), 0usize);
@@ -258,6 +285,10 @@ pub fn segment_file(
         task_selection: selection,
         recognition,
         voxels_per_task,
+        postprocessing: segmenter
+            .largest_component
+            .then_some("largest connected component per task"),
+        voxels_removed_by_postprocessing: removed,
         mean_probability,
         seconds: started.elapsed().as_secs_f64(),
         written_by: format!("mtseg {}", env!("CARGO_PKG_VERSION")),

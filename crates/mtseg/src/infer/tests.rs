@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::prelude::*;
 
 use super::*;
+use crate::device::Hardware;
 use crate::io::{self, DataType, Grid, Image, Volume, orientation::Reorientation};
 use crate::model::{self, Model};
 use crate::test_support::{tiny_network, two_task_meta};
@@ -14,7 +15,12 @@ fn segmenter() -> Segmenter {
     let meta = two_task_meta(tiny_network(), &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
     // A seed whose random network gives several labels on `ras_image` (the tests check it).
     let net = model::init_network(&meta, 1, &Device::flex()).valid();
-    Segmenter::new(Model { meta, net }, Path::new("test.mtseg"))
+    let mut segmenter =
+        Segmenter::new(Model { meta, net }, Path::new("test.mtseg"), Hardware::Cpu).unwrap();
+    // A random network's labels are scattered: these tests are about geometry, so they keep
+    // every piece (post-processing has its own tests).
+    segmenter.largest_component = false;
+    segmenter
 }
 
 /// A smooth blob with some texture on a RAS grid of 1 mm voxels.

@@ -63,10 +63,7 @@ fn own_patch_tile_and_dense_inference_agree() {
         pad: -1.5,
         class_voxels: vec![vec![]],
     };
-    let engine = BurnEngine {
-        net: &net,
-        device: device.clone(),
-    };
+    let engine = BurnEngine::new(&net, device.clone());
     let input = NetworkInput {
         image: &image,
         shape,

@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, BalancedSampler, Batch, TrainingVolume};
 use crate::datasets::{Split, Splits, TaskSet, hold_out_validation};
+use crate::device::Hardware;
 use crate::engine::{self, CpuNetwork, ParamStore};
 use crate::error::{Error, Result};
+use crate::infer::{BurnEngine, Engine};
 use crate::model::{
     self, ModelFile, ModelMeta, OutputLayout, Preset, TaskMeta, TriplanarNet, file::FORMAT_VERSION,
 };
@@ -39,6 +41,8 @@ pub struct TrainRequest {
     pub time_budget: Option<Duration>,
     /// Train on these cases instead of each task's split (task name -> split).
     pub splits: Option<Vec<Split>>,
+    /// mtseg's CPU kernels, or burn's autodiff on a GPU.
+    pub hardware: Hardware,
 }
 
 /// Receives training progress (the CLI draws a progress bar with it).
@@ -231,9 +235,9 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     std::fs::create_dir_all(&request.out).map_err(|e| Error::io(&request.out, e))?;
     let data = prepare(request, observer)?;
     let config = request.preset.training.clone();
-    // burn's optimizer updates parameters of an autodiff module; gradients come from the
-    // CPU kernels as plain tensors.
-    let device = Device::flex().autodiff();
+    // burn's optimizer updates parameters of an autodiff module; on the CPU the gradients
+    // come from mtseg's kernels as plain tensors, on a GPU from burn's autodiff.
+    let device = request.hardware.burn_device()?.autodiff();
     let mut meta = data.meta.clone();
 
     // A crash between rotating and writing checkpoints leaves only the previous one.
@@ -286,7 +290,11 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         (net, adam(&config).init(), state)
     };
 
-    let mut store = ParamStore::read(&net);
+    // The CPU kernels read the weights from this copy.
+    let mut store = match request.hardware {
+        Hardware::Cpu => ParamStore::read(&net),
+        Hardware::Gpu => ParamStore::default(),
+    };
     let receptive_field = meta.network.patch_size();
     let tasks = meta.tasks.len();
     let started = Instant::now();
@@ -308,19 +316,28 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         );
         tracing::debug!("sampling {:.3} s", sampling.elapsed().as_secs_f64());
         let lr = learning_rate(&config, state.iteration);
-        let (next, loss) = step(
-            net,
-            &store,
-            &mut optimizer,
-            &batch,
-            &meta.layout,
-            &config,
-            meta.network.dropout,
-            lr,
-            iteration_seed(config.seed, iteration),
-        );
+        let seed = iteration_seed(config.seed, iteration);
+        let (next, loss) = match request.hardware {
+            Hardware::Cpu => step(
+                net,
+                &store,
+                &mut optimizer,
+                &batch,
+                &meta.layout,
+                &config,
+                meta.network.dropout,
+                lr,
+                seed,
+            ),
+            Hardware::Gpu => {
+                device.seed(seed);
+                burn_step(net, &mut optimizer, &batch, &meta.layout, &config, lr)
+            }
+        };
         net = next;
-        store = ParamStore::read(&net);
+        if request.hardware == Hardware::Cpu {
+            store = ParamStore::read(&net);
+        }
         let seconds = step_start.elapsed().as_secs_f64();
         voxels_done += batch.targets.len();
         state.iteration = iteration;
@@ -348,7 +365,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         {
             let evaluation_net = net.valid();
             let row = validate::validate(
-                &evaluation_net,
+                validation_engine(&evaluation_net, request.hardware, &device).as_ref(),
                 &meta.layout,
                 &meta.label_space,
                 &data.validation,
@@ -461,6 +478,52 @@ pub(crate) fn step(
         t1.elapsed().as_secs_f64()
     );
     (net, output.loss)
+}
+
+/// One optimisation step with burn's autodiff on the network's own device (the GPU path):
+/// forward on the batch's cubes, the same loss as the CPU kernels, backward, Adam.
+pub(crate) fn burn_step(
+    net: TriplanarNet,
+    optimizer: &mut ModuleOptimizer,
+    batch: &Batch,
+    layout: &OutputLayout,
+    config: &crate::model::TrainConfig,
+    lr: f64,
+) -> (TriplanarNet, f64) {
+    let loss = burn_loss(&net, batch, layout, config);
+    let grads = GradientsParams::from_grads(loss.backward(), &net);
+    let value = loss.into_scalar::<f32>() as f64;
+    (optimizer.step(lr, net, grads), value)
+}
+
+/// The batch's loss computed by burn on the network's device (with autodiff if it has it).
+pub(crate) fn burn_loss(
+    net: &TriplanarNet,
+    batch: &Batch,
+    layout: &OutputLayout,
+    config: &crate::model::TrainConfig,
+) -> Tensor<1> {
+    let device = net.devices()[0].clone();
+    let side = batch.patch_side;
+    let n = batch.cubes * batch.tile;
+    let patches = batch
+        .patches
+        .clone()
+        .map(|p| Tensor::<4>::from_data(TensorData::new(p, [n, 1, side, side]), &device));
+    let output = net.forward_cubes(patches, batch.cubes, batch.tile);
+    loss::batch_loss(output, batch, layout, config, &device)
+}
+
+/// Validation runs where training runs: mtseg's CPU kernels, or burn on the GPU.
+fn validation_engine(
+    net: &TriplanarNet,
+    hardware: Hardware,
+    device: &Device,
+) -> Box<dyn Engine + Send> {
+    match hardware {
+        Hardware::Cpu => Box::new(engine::FoldedNetwork::from_burn(net)),
+        Hardware::Gpu => Box::new(BurnEngine::new(net, device.clone().without_autodiff())),
+    }
 }
 
 fn write_model(out: &Path, meta: &ModelMeta, evaluation_net: &TriplanarNet) -> Result<()> {

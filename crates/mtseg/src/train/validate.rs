@@ -3,10 +3,9 @@
 
 use crate::data::TrainingVolume;
 use crate::datasets::LabelSpace;
-use crate::engine::FoldedNetwork;
 use crate::eval::dice;
-use crate::infer::{DenseSettings, NetworkInput, TaskChoice, segment};
-use crate::model::{OutputLayout, OutputMode, TriplanarNet};
+use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, segment};
+use crate::model::{OutputLayout, OutputMode};
 
 use super::log::ValidationRow;
 
@@ -67,14 +66,13 @@ impl ValidationCase {
 }
 
 /// Mean Dice per joint class over the held-out cases of its task.
-pub fn validate(
-    net: &TriplanarNet,
+pub fn validate<E: Engine + ?Sized>(
+    engine: &E,
     layout: &OutputLayout,
     space: &LabelSpace,
     cases: &[ValidationCase],
     iteration: usize,
 ) -> ValidationRow {
-    let engine = FoldedNetwork::from_burn(net);
     let mut sums = vec![0f64; space.classes.len()];
     let mut counts = vec![0usize; space.classes.len()];
     for case in cases {
@@ -87,7 +85,7 @@ pub fn validate(
             shape: case.shape,
             pad: case.pad,
         };
-        let result = segment(&engine, layout, &input, choice, &DenseSettings::default());
+        let result = segment(engine, layout, &input, choice, &DenseSettings::default());
         for joint in space.task_classes(case.task) {
             let i = joint as usize - 1;
             sums[i] += dice(&result.labels, &case.labels, joint);
