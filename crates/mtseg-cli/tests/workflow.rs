@@ -87,6 +87,23 @@ fn train_then_segment_then_evaluate_then_overlay() {
     };
     let pred = dir.path().join("pred");
     segment_brains(&pred, &[]);
+    // What training chose on its validation cases, as the sidecars must report it.
+    let meta = mtseg::model::Model::load_cpu(&model).unwrap().meta;
+    assert_eq!(
+        meta.largest_component.len(),
+        2,
+        "training records its choice"
+    );
+    let chosen = meta.largest_component_tasks();
+    let postprocessing = match chosen.is_empty() {
+        true => serde_json::Value::Null,
+        false => serde_json::json!(
+            chosen
+                .iter()
+                .map(|&t| format!("{}: largest connected object", meta.tasks[t].name))
+                .collect::<Vec<_>>()
+        ),
+    };
     for entry in std::fs::read_dir(brain.join("imagesTr")).unwrap() {
         let image_path = entry.unwrap().path();
         let name = image_path.file_name().unwrap().to_str().unwrap();
@@ -97,10 +114,7 @@ fn train_then_segment_then_evaluate_then_overlay() {
         let side = sidecar(&pred.join(format!("{case}.json")));
         assert_eq!(side["task"], "PhantomBrainMRI");
         assert_eq!(side["label_values"], "dataset");
-        assert_eq!(
-            side["postprocessing"],
-            "largest connected component per task"
-        );
+        assert_eq!(side["postprocessing"], postprocessing);
         assert!(
             labels.data.iter().all(|&l| l <= 6),
             "{case}: not a brain label"

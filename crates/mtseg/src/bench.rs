@@ -137,6 +137,7 @@ fn bench_meta(quick: bool) -> ModelMeta {
         layout,
         iterations: 0,
         validation_dice: None,
+        largest_component: Vec::new(),
     }
 }
 

@@ -54,6 +54,7 @@ pub fn two_task_meta(network: NetworkConfig, classes: &[(usize, &str, u16)]) -> 
         layout,
         iterations: 0,
         validation_dice: None,
+        largest_component: Vec::new(),
     }
 }
 

@@ -26,7 +26,8 @@ pub struct Segmenter {
     pub engine: Box<dyn Engine + Send>,
     pub settings: DenseSettings,
     pub source: PathBuf,
-    /// Keep only each task's largest connected object ([`keep_largest_component`]).
+    /// Keep only each task's largest connected object ([`keep_largest_component`]) for the
+    /// tasks whose validation cases chose it (`ModelMeta::largest_component_tasks`).
     pub largest_component: bool,
 }
 
@@ -95,8 +96,9 @@ pub struct SegmentReport {
     pub recognition: Option<RecognitionReport>,
     /// Voxels given a class of each task (joint decisions), by task name.
     pub voxels_per_task: BTreeMap<String, usize>,
-    /// What was done to the network's labels before they were written (`None`: nothing).
-    pub postprocessing: Option<&'static str>,
+    /// What was done to the network's labels before they were written, per task (`None`:
+    /// nothing).
+    pub postprocessing: Option<Vec<String>>,
     /// Voxels (on the model's grid) that post-processing set to background.
     pub voxels_removed_by_postprocessing: usize,
     /// Mean probability of the winning class, before post-processing.
@@ -215,11 +217,16 @@ pub fn segment_file(
         ..
     } = result;
     let space = &meta.label_space;
-    let removed = if segmenter.largest_component {
-        keep_largest_component(&mut segmentation.labels, prepared.image.grid.shape, space)
-    } else {
-        0
+    let postprocessed = match segmenter.largest_component {
+        true => meta.largest_component_tasks(),
+        false => Vec::new(),
     };
+    let removed = keep_largest_component(
+        &mut segmentation.labels,
+        prepared.image.grid.shape,
+        space,
+        &postprocessed,
+    );
     let mut voxels_per_task = BTreeMap::new();
     for t in &space.tasks {
         voxels_per_task.insert(t.name.clone(), 0usize);
@@ -285,9 +292,12 @@ pub fn segment_file(
         task_selection: selection,
         recognition,
         voxels_per_task,
-        postprocessing: segmenter
-            .largest_component
-            .then_some("largest connected component per task"),
+        postprocessing: (!postprocessed.is_empty()).then(|| {
+            postprocessed
+                .iter()
+                .map(|&t| format!("{}: largest connected object", meta.tasks[t].name))
+                .collect()
+        }),
         voxels_removed_by_postprocessing: removed,
         mean_probability,
         seconds: started.elapsed().as_secs_f64(),

@@ -6,17 +6,22 @@ use ndarray_ndimage::{Kernel3d, label, label_histogram};
 
 use crate::datasets::LabelSpace;
 
-/// Keeps, for each task, only the largest 26-connected component of its foreground (all of
+/// Keeps, for each of `tasks`, only the largest 26-connected component of its foreground (all of
 /// its classes together, as nnU-Net's "largest component of the foreground"): a brain, a
 /// hippocampus or a heart with its vessels is one object, so islands apart from it (in the
 /// scalp, the face, the neck) are false positives. Classes inside the kept component are
 /// untouched, so two basal ganglia or two lateral ventricles survive. `labels` are joint ids
 /// in `x + nx * (y + ny * z)` order. Returns the number of voxels set to background.
-pub fn keep_largest_component(labels: &mut [u16], shape: [usize; 3], space: &LabelSpace) -> usize {
+pub fn keep_largest_component(
+    labels: &mut [u16],
+    shape: [usize; 3],
+    space: &LabelSpace,
+    tasks: &[usize],
+) -> usize {
     let [nx, ny, nz] = shape;
     let connectivity = Kernel3d::Full.generate();
     let mut removed = 0;
-    for task in 0..space.tasks.len() {
+    for &task in tasks {
         let mask: Vec<bool> = labels
             .iter()
             .map(|&l| space.task_of(l) == Some(task))
@@ -80,7 +85,7 @@ mod tests {
         labels[index(6, 1, 1)] = 2;
         // Task b: one voxel, its only component, kept.
         labels[index(6, 4, 4)] = 3;
-        let removed = keep_largest_component(&mut labels, shape, &space());
+        let removed = keep_largest_component(&mut labels, shape, &space(), &[0, 1]);
         assert_eq!(removed, 1);
         assert_eq!(labels[index(6, 1, 1)], 0, "the island goes");
         assert_eq!(labels[index(3, 3, 3)], 1, "a corner neighbour stays");

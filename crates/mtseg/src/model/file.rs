@@ -50,9 +50,21 @@ pub struct ModelMeta {
     pub iterations: usize,
     #[serde(default)]
     pub validation_dice: Option<f64>,
+    /// Per task: whether `segment` keeps only its largest connected object, chosen on the
+    /// validation cases when training ends. Empty (no validation cases, or a file written
+    /// before the choice existed): every task.
+    #[serde(default)]
+    pub largest_component: Vec<bool>,
 }
 
 impl ModelMeta {
+    /// The tasks whose labels `segment` reduces to their largest connected object.
+    pub fn largest_component_tasks(&self) -> Vec<usize> {
+        (0..self.tasks.len())
+            .filter(|&t| self.largest_component.get(t).copied().unwrap_or(true))
+            .collect()
+    }
+
     pub fn task_index(&self, name: &str) -> Option<usize> {
         self.tasks.iter().position(|t| t.name == name)
     }

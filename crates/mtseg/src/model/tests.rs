@@ -215,3 +215,11 @@ fn model_files_round_trip_and_detect_damage() {
     std::fs::write(&path, &bytes[..100]).unwrap();
     assert!(Model::load(&path, &device).is_err());
 }
+
+#[test]
+fn every_task_keeps_its_largest_object_unless_training_chose_otherwise() {
+    let mut m = meta(tiny_network());
+    assert_eq!(m.largest_component_tasks(), vec![0, 1]);
+    m.largest_component = vec![false, true];
+    assert_eq!(m.largest_component_tasks(), vec![1]);
+}

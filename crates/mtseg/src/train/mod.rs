@@ -157,6 +157,7 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
         tasks,
         iterations: 0,
         validation_dice: None,
+        largest_component: Vec::new(),
     };
     Ok(TrainingData {
         meta,
@@ -420,6 +421,8 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     if state.best_dice.is_none() {
         meta.iterations = state.iteration;
         write_model(&request.out, &meta, &net.valid())?;
+    } else {
+        choose_postprocessing(request, &data, &device, observer)?;
     }
     state.history.write_csv(&request.out.join("log.csv"))?;
     state
@@ -524,6 +527,41 @@ fn validation_engine(
         Hardware::Cpu => Box::new(engine::FoldedNetwork::from_burn(net)),
         Hardware::Gpu => Box::new(BurnEngine::new(net, device.clone().without_autodiff())),
     }
+}
+
+/// Decides, on the validation cases, for which tasks `segment` keeps only the largest
+/// connected object, and records it in the model file.
+fn choose_postprocessing(
+    request: &TrainRequest,
+    data: &TrainingData,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let path = model_path(&request.out);
+    let mut file = ModelFile::load(&path)?;
+    let model = model::Model::load(&path, &Device::flex())?;
+    let engine = validation_engine(&model.net, request.hardware, device);
+    file.meta.largest_component = validate::largest_component_helps(
+        engine.as_ref(),
+        &file.meta.layout,
+        &file.meta.label_space,
+        &data.validation,
+    );
+    let chosen: Vec<String> = file
+        .meta
+        .largest_component_tasks()
+        .iter()
+        .map(|&t| file.meta.tasks[t].name.clone())
+        .collect();
+    observer.message(&format!(
+        "largest connected object kept for: {}",
+        if chosen.is_empty() {
+            "no task".to_string()
+        } else {
+            chosen.join(", ")
+        }
+    ));
+    file.save(&path)
 }
 
 fn write_model(out: &Path, meta: &ModelMeta, evaluation_net: &TriplanarNet) -> Result<()> {

@@ -4,6 +4,7 @@
 use crate::data::TrainingVolume;
 use crate::datasets::LabelSpace;
 use crate::eval::dice;
+use crate::infer::postprocess::keep_largest_component;
 use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, segment};
 use crate::model::{OutputLayout, OutputMode};
 
@@ -65,6 +66,48 @@ impl ValidationCase {
     }
 }
 
+/// A validation case's joint labels, as training validates: without a task in union mode,
+/// with its own task's softmax group in per-task mode.
+fn segment_case<E: Engine + ?Sized>(
+    engine: &E,
+    layout: &OutputLayout,
+    case: &ValidationCase,
+) -> Vec<u16> {
+    let choice = match layout.mode {
+        OutputMode::Union => TaskChoice::Automatic,
+        OutputMode::PerTask => TaskChoice::Task(case.task),
+    };
+    let input = NetworkInput {
+        image: &case.image,
+        shape: case.shape,
+        pad: case.pad,
+    };
+    segment(engine, layout, &input, choice, &DenseSettings::default()).labels
+}
+
+/// nnU-Net's post-processing choice: for each task, whether keeping only the largest
+/// connected object of its labels keeps or raises the mean Dice of its classes on the
+/// validation cases. Tasks without validation cases keep it.
+pub fn largest_component_helps<E: Engine + ?Sized>(
+    engine: &E,
+    layout: &OutputLayout,
+    space: &LabelSpace,
+    cases: &[ValidationCase],
+) -> Vec<bool> {
+    let mut raw = vec![0f64; space.tasks.len()];
+    let mut kept = vec![0f64; space.tasks.len()];
+    for case in cases {
+        let labels = segment_case(engine, layout, case);
+        let mut largest = labels.clone();
+        keep_largest_component(&mut largest, case.shape, space, &[case.task]);
+        for joint in space.task_classes(case.task) {
+            raw[case.task] += dice(&labels, &case.labels, joint);
+            kept[case.task] += dice(&largest, &case.labels, joint);
+        }
+    }
+    kept.iter().zip(&raw).map(|(k, r)| k >= r).collect()
+}
+
 /// Mean Dice per joint class over the held-out cases of its task.
 pub fn validate<E: Engine + ?Sized>(
     engine: &E,
@@ -76,19 +119,10 @@ pub fn validate<E: Engine + ?Sized>(
     let mut sums = vec![0f64; space.classes.len()];
     let mut counts = vec![0usize; space.classes.len()];
     for case in cases {
-        let choice = match layout.mode {
-            OutputMode::Union => TaskChoice::Automatic,
-            OutputMode::PerTask => TaskChoice::Task(case.task),
-        };
-        let input = NetworkInput {
-            image: &case.image,
-            shape: case.shape,
-            pad: case.pad,
-        };
-        let result = segment(engine, layout, &input, choice, &DenseSettings::default());
+        let labels = segment_case(engine, layout, case);
         for joint in space.task_classes(case.task) {
             let i = joint as usize - 1;
-            sums[i] += dice(&result.labels, &case.labels, joint);
+            sums[i] += dice(&labels, &case.labels, joint);
             counts[i] += 1;
         }
     }
