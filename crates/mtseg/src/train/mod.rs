@@ -233,12 +233,13 @@ fn save_checkpoint(out: &Path, file: &ModelFile) -> Result<()> {
 /// Trains a model as requested; writes `model.mtseg`, `log.csv`, `curves.png` and
 /// checkpoints into `request.out`.
 pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<TrainOutcome> {
+    // burn's optimizer updates parameters of an autodiff module; on the CPU the gradients
+    // come from mtseg's kernels as plain tensors, on a GPU from burn's autodiff. A missing
+    // GPU is reported before the datasets are read.
+    let device = request.hardware.burn_device()?.autodiff();
     std::fs::create_dir_all(&request.out).map_err(|e| Error::io(&request.out, e))?;
     let data = prepare(request, observer)?;
     let config = request.preset.training.clone();
-    // burn's optimizer updates parameters of an autodiff module; on the CPU the gradients
-    // come from mtseg's kernels as plain tensors, on a GPU from burn's autodiff.
-    let device = request.hardware.burn_device()?.autodiff();
     let mut meta = data.meta.clone();
 
     // A crash between rotating and writing checkpoints leaves only the previous one.
