@@ -234,16 +234,27 @@ fn segment_without_a_model_uses_the_shipped_one() {
     let (brain, _, _) = setup(dir.path());
     let scan = brain.join("imagesTr/brain_000_0000.nii.gz");
     let out = dir.path().join("seg.nii.gz");
-    ok(&[
-        "-q",
-        "segment",
-        "-i",
-        s(&scan),
-        "-o",
-        s(&out),
-        "--task",
-        "HippocampusMSD",
-    ]);
+    // The scan segmented with the shipped model into `out` for `task`, with `extra` options.
+    let segment = |out: &Path, task: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-q",
+            "segment",
+            "-i",
+            s(&scan),
+            "-o",
+            s(out),
+            "--task",
+            task,
+        ];
+        args.extend(extra);
+        mtseg(&args)
+    };
+    let run = segment(&out, "HippocampusMSD", &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let labels = mtseg::io::read_labels(&out).unwrap();
     assert_eq!(labels.grid, mtseg::io::read_image(&scan).unwrap().grid);
     assert!(
@@ -255,18 +266,11 @@ fn segment_without_a_model_uses_the_shipped_one() {
     assert_eq!(side["task"], "HippocampusMSD");
 
     // --device gpu runs (a `--features gpu` build with a GPU) or says in one line why not.
-    let gpu = mtseg(&[
-        "-q",
-        "segment",
-        "-i",
-        s(&scan),
-        "-o",
-        s(&dir.path().join("gpu.nii.gz")),
-        "--task",
+    let gpu = segment(
+        &dir.path().join("gpu.nii.gz"),
         "HippocampusMSD",
-        "--device",
-        "gpu",
-    ]);
+        &["--device", "gpu"],
+    );
     let err = String::from_utf8_lossy(&gpu.stderr);
     assert!(!err.contains("panicked"), "{err}");
     if !gpu.status.success() {
@@ -276,16 +280,7 @@ fn segment_without_a_model_uses_the_shipped_one() {
         );
     }
 
-    let unknown = mtseg(&[
-        "-q",
-        "segment",
-        "-i",
-        s(&scan),
-        "-o",
-        s(&out),
-        "--task",
-        "Liver",
-    ]);
+    let unknown = segment(&out, "Liver", &[]);
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(!unknown.status.success());
     assert!(

@@ -20,9 +20,9 @@ use serde::Serialize;
 use crate::data::Batch;
 use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use crate::device::Hardware;
-use crate::engine::{FoldedNetwork, ParamStore, matmul};
+use crate::engine::matmul;
 use crate::error::{Error, Result};
-use crate::infer::{BurnEngine, DenseSettings, Engine, NetworkInput, TaskChoice, segment};
+use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, dense_engine, segment};
 use crate::model::{
     self, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
     file::FORMAT_VERSION,
@@ -206,27 +206,18 @@ fn train_seconds(
     let config = &meta.training;
     let mut times = Vec::new();
     for i in 0..repetitions + 1 {
-        let store = match hardware {
-            Hardware::Cpu => ParamStore::read(&net),
-            Hardware::Gpu => ParamStore::default(),
-        };
         let start = Instant::now();
-        let (next, _) = match hardware {
-            Hardware::Cpu => crate::train::step(
-                net,
-                &store,
-                &mut optimizer,
-                batch,
-                &meta.layout,
-                config,
-                0.5,
-                1e-3,
-                i as u64,
-            ),
-            Hardware::Gpu => {
-                crate::train::burn_step(net, &mut optimizer, batch, &meta.layout, config, 1e-3)
-            }
-        };
+        let (next, _) = crate::train::step(
+            hardware,
+            net,
+            &mut optimizer,
+            batch,
+            &meta.layout,
+            config,
+            0.5,
+            1e-3,
+            i as u64,
+        );
         net = next;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
@@ -441,16 +432,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
 
     progress("one branch over a 256x256 slice");
     let net = model::init_network(&meta, 3, &device).valid();
-    let (engine, settings): (Box<dyn Engine + Send>, _) = match options.hardware {
-        Hardware::Cpu => (
-            Box::new(FoldedNetwork::from_burn(&net)),
-            DenseSettings::default(),
-        ),
-        Hardware::Gpu => (
-            Box::new(BurnEngine::new(&net, device.clone())),
-            DenseSettings::gpu(),
-        ),
-    };
+    let (engine, settings) = dense_engine(&net, options.hardware, &device);
     let slice = if options.quick { 64 } else { 256 };
     let side = slice + 2 * config.depth;
     let image: Vec<f32> = (0..side * side).map(|_| rng.random::<f32>()).collect();

@@ -7,6 +7,7 @@ use burn::tensor::Distribution;
 
 use super::*;
 use crate::data::{BalancedSampler, TrainingVolume};
+use crate::device::Hardware;
 use crate::infer::{BurnEngine, Engine};
 use crate::model::{
     self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarNet,
@@ -274,10 +275,9 @@ fn burn_training_step_agrees_with_the_kernels(burn_device: Device) {
     let adam = || -> ModuleOptimizer { AdamConfig::new().init() };
 
     let kernels_net = load(&Device::flex());
-    let store = ParamStore::read(&kernels_net);
     let (kernels_net, kernels_loss) = crate::train::step(
+        Hardware::Cpu,
         kernels_net,
-        &store,
         &mut adam(),
         &batch,
         &m.layout,
@@ -287,14 +287,22 @@ fn burn_training_step_agrees_with_the_kernels(burn_device: Device) {
         1,
     );
     let mut optimizer = adam();
-    let (mut burn_net, burn_loss) = crate::train::burn_step(
-        load(&burn_device),
-        &mut optimizer,
-        &batch,
-        &m.layout,
-        &config,
-        1e-2,
-    );
+    // The GPU path's step, whatever device the network is on.
+    let burn_step = |net, optimizer: &mut ModuleOptimizer| {
+        let config = &config;
+        crate::train::step(
+            Hardware::Gpu,
+            net,
+            optimizer,
+            &batch,
+            &m.layout,
+            config,
+            0.0,
+            1e-2,
+            1,
+        )
+    };
+    let (mut burn_net, burn_loss) = burn_step(load(&burn_device), &mut optimizer);
     assert!(
         (kernels_loss - burn_loss).abs() < 1e-4 * burn_loss.max(1.0),
         "loss {kernels_loss} vs {burn_loss}"
@@ -309,8 +317,7 @@ fn burn_training_step_agrees_with_the_kernels(burn_device: Device) {
 
     let mut last = burn_loss;
     for _ in 0..5 {
-        let (next, loss) =
-            crate::train::burn_step(burn_net, &mut optimizer, &batch, &m.layout, &config, 1e-2);
+        let (next, loss) = burn_step(burn_net, &mut optimizer);
         burn_net = next;
         last = loss;
     }

@@ -8,11 +8,35 @@ pub mod postprocess;
 
 use serde::Serialize;
 
+use burn::prelude::Device;
+
+use crate::device::Hardware;
+use crate::engine::FoldedNetwork;
+use crate::model::TriplanarNet;
 use crate::model::output::task_probabilities;
 use crate::model::{OutputLayout, OutputMode};
 pub use burn_engine::BurnEngine;
 pub use dense::{DenseSettings, Engine, NetworkInput};
 pub use pipeline::{SegmentReport, Segmenter, segment_file, sidecar_path};
+
+/// `net` ready to run densely on `hardware`, with the slab and batch sizes that suit it:
+/// mtseg's CPU kernels, or burn on `device` (the GPU; its autodiff, if any, is dropped).
+pub fn dense_engine(
+    net: &TriplanarNet,
+    hardware: Hardware,
+    device: &Device,
+) -> (Box<dyn Engine + Send>, DenseSettings) {
+    match hardware {
+        Hardware::Cpu => (
+            Box::new(FoldedNetwork::from_burn(net)),
+            DenseSettings::default(),
+        ),
+        Hardware::Gpu => (
+            Box::new(BurnEngine::new(net, device.clone().without_autodiff())),
+            DenseSettings::gpu(),
+        ),
+    }
+}
 
 /// Which classes compete for each voxel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,11 +10,11 @@ use serde::Serialize;
 
 use super::postprocess::keep_largest_component;
 use super::{
-    BurnEngine, DenseSettings, Engine, NetworkInput, Recognition, Segmentation, TaskChoice, segment,
+    DenseSettings, Engine, NetworkInput, Recognition, Segmentation, TaskChoice, dense_engine,
+    segment,
 };
 use crate::datasets::Modality;
 use crate::device::Hardware;
-use crate::engine::FoldedNetwork;
 use crate::error::{Error, Result};
 use crate::io::{self, Image};
 use crate::model::{Model, ModelMeta, OutputMode};
@@ -47,16 +47,7 @@ impl Segmenter {
     }
 
     pub fn new(model: Model, source: &Path, hardware: Hardware) -> Result<Self> {
-        let (engine, settings): (Box<dyn Engine + Send>, _) = match hardware {
-            Hardware::Cpu => (
-                Box::new(FoldedNetwork::from_burn(&model.net)),
-                DenseSettings::default(),
-            ),
-            Hardware::Gpu => (
-                Box::new(BurnEngine::new(&model.net, hardware.burn_device()?)),
-                DenseSettings::gpu(),
-            ),
-        };
+        let (engine, settings) = dense_engine(&model.net, hardware, &hardware.burn_device()?);
         Ok(Segmenter {
             engine,
             meta: model.meta,
@@ -217,9 +208,10 @@ pub fn segment_file(
         ..
     } = result;
     let space = &meta.label_space;
-    let postprocessed = match segmenter.largest_component {
-        true => meta.largest_component_tasks(),
-        false => Vec::new(),
+    let postprocessed = if segmenter.largest_component {
+        meta.largest_component_tasks()
+    } else {
+        Vec::new()
     };
     let removed = keep_largest_component(
         &mut segmentation.labels,

@@ -19,7 +19,7 @@ use crate::datasets::{Split, Splits, TaskSet, hold_out_validation};
 use crate::device::Hardware;
 use crate::engine::{self, CpuNetwork, ParamStore};
 use crate::error::{Error, Result};
-use crate::infer::{BurnEngine, Engine};
+use crate::infer::dense_engine;
 use crate::model::{
     self, ModelFile, ModelMeta, OutputLayout, Preset, TaskMeta, TriplanarNet, file::FORMAT_VERSION,
 };
@@ -292,11 +292,6 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         (net, adam(&config).init(), state)
     };
 
-    // The CPU kernels read the weights from this copy.
-    let mut store = match request.hardware {
-        Hardware::Cpu => ParamStore::read(&net),
-        Hardware::Gpu => ParamStore::default(),
-    };
     let receptive_field = meta.network.patch_size();
     let tasks = meta.tasks.len();
     let started = Instant::now();
@@ -318,28 +313,18 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         );
         tracing::debug!("sampling {:.3} s", sampling.elapsed().as_secs_f64());
         let lr = learning_rate(&config, state.iteration);
-        let seed = iteration_seed(config.seed, iteration);
-        let (next, loss) = match request.hardware {
-            Hardware::Cpu => step(
-                net,
-                &store,
-                &mut optimizer,
-                &batch,
-                &meta.layout,
-                &config,
-                meta.network.dropout,
-                lr,
-                seed,
-            ),
-            Hardware::Gpu => {
-                device.seed(seed);
-                burn_step(net, &mut optimizer, &batch, &meta.layout, &config, lr)
-            }
-        };
+        let (next, loss) = step(
+            request.hardware,
+            net,
+            &mut optimizer,
+            &batch,
+            &meta.layout,
+            &config,
+            meta.network.dropout,
+            lr,
+            iteration_seed(config.seed, iteration),
+        );
         net = next;
-        if request.hardware == Hardware::Cpu {
-            store = ParamStore::read(&net);
-        }
         let seconds = step_start.elapsed().as_secs_f64();
         voxels_done += batch.targets.len();
         state.iteration = iteration;
@@ -367,7 +352,9 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         {
             let evaluation_net = net.valid();
             let row = validate::validate(
-                validation_engine(&evaluation_net, request.hardware, &device).as_ref(),
+                dense_engine(&evaluation_net, request.hardware, &device)
+                    .0
+                    .as_ref(),
                 &meta.layout,
                 &meta.label_space,
                 &data.validation,
@@ -440,12 +427,13 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     })
 }
 
-/// One optimisation step on the CPU kernels: their gradients go to burn's Adam, the new
-/// batch-norm running statistics into the network. Returns the network and the loss.
+/// One optimisation step where `hardware` trains: mtseg's CPU kernels, or burn's autodiff on
+/// the GPU (`dropout` and `seed` drive the kernels' dropout, or seed burn's random stream).
+/// Returns the network and the loss.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn step(
+    hardware: Hardware,
     net: TriplanarNet,
-    store: &ParamStore,
     optimizer: &mut ModuleOptimizer,
     batch: &Batch,
     layout: &OutputLayout,
@@ -454,8 +442,15 @@ pub(crate) fn step(
     lr: f64,
     seed: u64,
 ) -> (TriplanarNet, f64) {
+    if hardware == Hardware::Gpu {
+        net.devices()[0].seed(seed);
+        return burn_step(net, optimizer, batch, layout, config, lr);
+    }
+    // The CPU kernels' gradients go to burn's Adam, their batch-norm running statistics into
+    // the network.
     let t0 = Instant::now();
-    let cpu = CpuNetwork::from_store(store, &net, dropout);
+    let store = ParamStore::read(&net);
+    let cpu = CpuNetwork::from_store(&store, &net, dropout);
     let output = engine::train_step(&cpu, batch, layout, config, seed);
     let t1 = Instant::now();
     let device = Device::flex();
@@ -486,7 +481,7 @@ pub(crate) fn step(
 
 /// One optimisation step with burn's autodiff on the network's own device (the GPU path):
 /// forward on the batch's cubes, the same loss as the CPU kernels, backward, Adam.
-pub(crate) fn burn_step(
+fn burn_step(
     net: TriplanarNet,
     optimizer: &mut ModuleOptimizer,
     batch: &Batch,
@@ -518,18 +513,6 @@ pub(crate) fn burn_loss(
     loss::batch_loss(output, batch, layout, config, &device)
 }
 
-/// Validation runs where training runs: mtseg's CPU kernels, or burn on the GPU.
-fn validation_engine(
-    net: &TriplanarNet,
-    hardware: Hardware,
-    device: &Device,
-) -> Box<dyn Engine + Send> {
-    match hardware {
-        Hardware::Cpu => Box::new(engine::FoldedNetwork::from_burn(net)),
-        Hardware::Gpu => Box::new(BurnEngine::new(net, device.clone().without_autodiff())),
-    }
-}
-
 /// Decides, on the validation cases, for which tasks `segment` keeps only the largest
 /// connected object, and records it in the model file.
 fn choose_postprocessing(
@@ -540,8 +523,8 @@ fn choose_postprocessing(
 ) -> Result<()> {
     let path = model_path(&request.out);
     let mut file = ModelFile::load(&path)?;
-    let model = model::Model::load(&path, &Device::flex())?;
-    let engine = validation_engine(&model.net, request.hardware, device);
+    let net = model::network_from_bytes(&file.meta, &file.weights, &Device::flex(), &path)?;
+    let (engine, _) = dense_engine(&net.valid(), request.hardware, device);
     file.meta.largest_component = validate::largest_component_helps(
         engine.as_ref(),
         &file.meta.layout,
