@@ -4,7 +4,8 @@
 # 1. `mtseg bench --quick --device gpu` (does the GPU path run at all?);
 # 2. `mtseg bench --device gpu` with PyTorch on CUDA in the same run (figures a-d);
 # 3. training on phantoms on the GPU, then the same model segmenting a scan on the GPU and on
-#    the CPU kernels: the two label maps should be identical (else their Dice is printed).
+#    the CPU kernels: the two label maps should be identical (else their Dice is printed);
+# 4. with several GPUs, data-parallel training on all of them (`--gpus N`).
 # Run from the repository root (the bench reads bench/torch_reference.py).
 set -euo pipefail
 mtseg=$1
@@ -36,4 +37,13 @@ else
         -o "$out/agreement"
     echo "GPU and CPU label maps differ; Dice between them:"
     cat "$out/agreement/summary.md"
+fi
+
+echo "== 4. data-parallel training on every GPU"
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [ "${gpus:-0}" -ge 2 ]; then
+    "$mtseg" -q train --device gpu --gpus "$gpus" --datasets "$out"/phantoms/Dataset9* \
+        --out "$out/train_dp" --iterations 100 | tee "$out/train_dp.txt"
+else
+    echo "one GPU: the data-parallel path is the one step 3 ran (--gpus 1)"
 fi

@@ -334,3 +334,31 @@ fn the_quick_demo_writes_its_report() {
     let (first, last) = (mean(&losses[..10]), mean(&losses[losses.len() - 10..]));
     assert!(last < 0.8 * first, "loss {first:.3} -> {last:.3}");
 }
+
+#[test]
+fn several_devices_train_only_on_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "-q",
+            "train",
+            "--datasets",
+            "no-such-dataset",
+            "--out",
+            s(dir.path()),
+        ];
+        args.extend(extra);
+        mtseg(&args)
+    };
+    // The device is checked before the datasets are read.
+    let cpu = train(&["--gpus", "2"]);
+    let err = String::from_utf8_lossy(&cpu.stderr);
+    assert!(!cpu.status.success());
+    assert!(
+        err.contains("--device gpu") && !err.contains("panicked"),
+        "{err}"
+    );
+    let none = train(&["--device", "gpu", "--gpus", "0"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("--gpus"));
+}

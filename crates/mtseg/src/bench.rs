@@ -200,15 +200,15 @@ fn train_seconds(
     repetitions: usize,
     hardware: Hardware,
     device: &Device,
-) -> f64 {
+) -> Result<f64> {
     let mut net = model::init_network(meta, 1, &device.clone().autodiff());
+    let stepper = crate::train::Stepper::new(hardware, vec![device.clone()]);
     let mut optimizer: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-8).init();
     let config = &meta.training;
     let mut times = Vec::new();
     for i in 0..repetitions + 1 {
         let start = Instant::now();
-        let (next, _) = crate::train::step(
-            hardware,
+        let (next, _) = stepper.step(
             net,
             &mut optimizer,
             batch,
@@ -217,13 +217,13 @@ fn train_seconds(
             0.5,
             1e-3,
             i as u64,
-        );
+        )?;
         net = next;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
     }
-    median(times)
+    Ok(median(times))
 }
 
 /// burn's f32 matrix product on the GPU, GFLOP/s.
@@ -423,7 +423,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
     progress("training, 64 voxels x three 51x51 patches");
     let batch = random_batch(64, 1, rf, classes, &mut rng);
     let step = if options.training {
-        train_seconds(&meta, &batch, reps, options.hardware, &device)
+        train_seconds(&meta, &batch, reps, options.hardware, &device)?
     } else {
         f64::INFINITY
     };
@@ -481,10 +481,10 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
         .map(|&k| {
             let cubes = (64 / (k * k)).max(3);
             let batch = random_batch(cubes, k, rf, classes, &mut rng);
-            let seconds = train_seconds(&meta, &batch, reps.min(3), options.hardware, &device);
-            (k, (cubes * k * k * k) as f64 / seconds)
+            let seconds = train_seconds(&meta, &batch, reps.min(3), options.hardware, &device)?;
+            Ok((k, (cubes * k * k * k) as f64 / seconds))
         })
-        .collect();
+        .collect::<Result<_>>()?;
 
     let torch = if options.quick {
         None

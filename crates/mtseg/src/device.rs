@@ -30,19 +30,41 @@ impl Hardware {
     /// also checks that a GPU answers, so that a missing driver is a clear error up front
     /// rather than a panic deep inside the first kernel launch.
     pub fn burn_device(self) -> Result<Device> {
-        match self {
-            Hardware::Cpu => Ok(Device::flex()),
-            Hardware::Gpu => gpu_device(),
+        Ok(self.burn_devices(1)?.remove(0))
+    }
+
+    /// `count` devices for data-parallel training: on the GPU the one wgpu prefers for one,
+    /// else the first `count` discrete GPUs, each checked; on the CPU only one.
+    pub fn burn_devices(self, count: usize) -> Result<Vec<Device>> {
+        match (self, count) {
+            (_, 0) => Err(Error::usage("at least one device is needed")),
+            (Hardware::Cpu, 1) => Ok(vec![Device::flex()]),
+            (Hardware::Cpu, _) => Err(Error::usage(
+                "several devices train only on GPUs: add --device gpu",
+            )),
+            (Hardware::Gpu, 1) => Ok(vec![gpu_device(None)?]),
+            (Hardware::Gpu, n) => (0..n).map(|i| gpu_device(Some(i))).collect(),
         }
     }
 }
 
+/// The text of a caught panic (burn reports GPU failures by panicking).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "no reason given".to_string())
+}
+
+/// The GPU wgpu prefers, or the discrete GPU of this index, once it has answered.
 #[cfg(feature = "gpu")]
-fn gpu_device() -> Result<Device> {
+fn gpu_device(discrete: Option<usize>) -> Result<Device> {
     use burn::prelude::{Tensor, TensorData};
     use burn::tensor::DeviceKind;
 
-    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let device = Device::wgpu(discrete.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu));
+    let which = discrete.map_or("GPU".to_string(), |i| format!("discrete GPU {i}"));
     // burn initialises the runtime lazily and panics when no adapter exists: probe it once,
     // with the panic message kept out of the user's terminal.
     let hook = std::panic::take_hook();
@@ -56,25 +78,19 @@ fn gpu_device() -> Result<Device> {
     match probe {
         Ok(3.0) => Ok(device),
         Ok(sum) => Err(Error::usage(format!(
-            "the GPU answered 1 + 2 = {sum}: its driver is not usable"
+            "the {which} answered 1 + 2 = {sum}: its driver is not usable"
         ))),
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "no reason given".to_string());
-            Err(Error::usage(format!(
-                "no usable GPU: burn's wgpu backend could not start ({reason}). On Linux it \
-                 needs a Vulkan loader (libvulkan.so.1) and the GPU driver's Vulkan ICD; see \
-                 the README's GPU section"
-            )))
-        }
+        Err(panic) => Err(Error::usage(format!(
+            "no usable {which}: burn's wgpu backend could not start ({}). On Linux it needs a \
+             Vulkan loader (libvulkan.so.1) and the GPU driver's Vulkan ICD; see the README's \
+             GPU section",
+            panic_message(panic.as_ref())
+        ))),
     }
 }
 
 #[cfg(not(feature = "gpu"))]
-fn gpu_device() -> Result<Device> {
+fn gpu_device(_discrete: Option<usize>) -> Result<Device> {
     Err(Error::usage(
         "this mtseg was built without the `gpu` feature: rebuild it with \
          `cargo build --release --features gpu` (see the README's GPU section)",
@@ -89,6 +105,13 @@ mod tests {
     fn the_cpu_device_is_always_there() {
         assert!(Hardware::Cpu.burn_device().is_ok());
         assert_eq!(Hardware::default(), Hardware::Cpu);
+    }
+
+    #[test]
+    fn several_devices_are_gpus() {
+        let message = Hardware::Cpu.burn_devices(2).unwrap_err().to_string();
+        assert!(message.contains("--device gpu"), "{message}");
+        assert!(Hardware::Gpu.burn_devices(0).is_err());
     }
 
     #[cfg(not(feature = "gpu"))]

@@ -45,6 +45,10 @@ pub struct Args {
     /// Where to train: mtseg's CPU kernels, or burn's autodiff on a GPU.
     #[arg(long, value_enum, default_value = "cpu")]
     device: super::DeviceArg,
+    /// Train data parallel on this many GPUs (with --device gpu): each gets an equal share of
+    /// every batch's cubes and the gradients are summed on the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    gpus: u16,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -137,6 +141,7 @@ pub fn run(args: Args) -> Result<()> {
         time_budget: args.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
         splits: None,
         hardware: args.device.into(),
+        gpus: args.gpus.into(),
     };
     let mut observer = ProgressObserver::new("train");
     let outcome = train::train(&request, &mut observer);

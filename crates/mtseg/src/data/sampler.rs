@@ -34,6 +34,35 @@ pub struct Batch {
     pub centre_classes: Vec<usize>,
 }
 
+impl Batch {
+    /// The cubes `c` with `c % count == index`: one of `count` disjoint shares for data-parallel
+    /// training, each with (nearly) the same number of cubes of every task.
+    pub fn shard(&self, index: usize, count: usize) -> Batch {
+        let k = self.tile;
+        let cubes: Vec<usize> = (index..self.cubes).step_by(count.max(1)).collect();
+        let patch = k * self.patch_side * self.patch_side;
+        Batch {
+            cubes: cubes.len(),
+            tile: k,
+            patch_side: self.patch_side,
+            patches: self.patches.each_ref().map(|p| of_cubes(p, &cubes, patch)),
+            targets: of_cubes(&self.targets, &cubes, k * k * k),
+            labels: of_cubes(&self.labels, &cubes, k * k * k),
+            tasks: of_cubes(&self.tasks, &cubes, 1),
+            centre_classes: of_cubes(&self.centre_classes, &cubes, 1),
+        }
+    }
+}
+
+/// The runs of `per_cube` values of `cubes`, in that order.
+fn of_cubes<T: Copy>(values: &[T], cubes: &[usize], per_cube: usize) -> Vec<T> {
+    cubes
+        .iter()
+        .flat_map(|&c| &values[c * per_cube..(c + 1) * per_cube])
+        .copied()
+        .collect()
+}
+
 /// The sampler with its random state (saved in checkpoints for exact resumption).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BalancedSampler {

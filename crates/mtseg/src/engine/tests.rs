@@ -7,12 +7,12 @@ use burn::tensor::Distribution;
 
 use super::*;
 use crate::data::{BalancedSampler, TrainingVolume};
-use crate::device::Hardware;
 use crate::infer::{BurnEngine, Engine};
 use crate::model::{
     self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarNet,
 };
 use crate::test_support::two_task_meta;
+use crate::train::{DataParallel, Stepper};
 
 fn meta(network: NetworkConfig) -> ModelMeta {
     two_task_meta(network, &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)])
@@ -275,32 +275,25 @@ fn burn_training_step_agrees_with_the_kernels(burn_device: Device) {
     let adam = || -> ModuleOptimizer { AdamConfig::new().init() };
 
     let kernels_net = load(&Device::flex());
-    let (kernels_net, kernels_loss) = crate::train::step(
-        Hardware::Cpu,
-        kernels_net,
-        &mut adam(),
-        &batch,
-        &m.layout,
-        &config,
-        0.0,
-        1e-2,
-        1,
-    );
-    let mut optimizer = adam();
-    // The GPU path's step, whatever device the network is on.
-    let burn_step = |net, optimizer: &mut ModuleOptimizer| {
-        let config = &config;
-        crate::train::step(
-            Hardware::Gpu,
-            net,
-            optimizer,
+    let (kernels_net, kernels_loss) = Stepper::Kernels
+        .step(
+            kernels_net,
+            &mut adam(),
             &batch,
             &m.layout,
-            config,
+            &config,
             0.0,
             1e-2,
             1,
         )
+        .unwrap();
+    let mut optimizer = adam();
+    // The GPU path's step, whatever device the network is on.
+    let gpu_path = Stepper::Replicas(DataParallel::start(vec![burn_device.clone()]));
+    let burn_step = |net, optimizer: &mut ModuleOptimizer| {
+        gpu_path
+            .step(net, optimizer, &batch, &m.layout, &config, 0.0, 1e-2, 1)
+            .unwrap()
     };
     let (mut burn_net, burn_loss) = burn_step(load(&burn_device), &mut optimizer);
     assert!(
@@ -322,4 +315,82 @@ fn burn_training_step_agrees_with_the_kernels(burn_device: Device) {
         last = loss;
     }
     assert!(last < 0.9 * burn_loss, "loss {burn_loss} -> {last}");
+}
+
+/// `mtseg train --gpus 2`: two replicas (here both on the CPU device) each take half of the
+/// batch's cubes; the step must update the network as one backward pass of the share-weighted
+/// sum of the halves' losses does, and report that sum as the loss.
+#[test]
+fn a_data_parallel_step_sums_the_shares_of_its_replicas() {
+    data_parallel_step_sums_the_shares(Device::flex());
+}
+
+/// The same with two replicas on one GPU (with `--features gpu`).
+#[cfg(feature = "gpu")]
+#[test]
+fn a_data_parallel_step_on_the_gpu_sums_the_shares_of_its_replicas() {
+    on_the_gpu(data_parallel_step_sums_the_shares);
+}
+
+fn data_parallel_step_sums_the_shares(replica_device: Device) {
+    use burn::optim::{AdamConfig, ModuleOptimizer};
+
+    let m = training_meta(OutputMode::PerTask);
+    let (config, batch) = two_task_batch(&m, 0.5);
+    let device = replica_device.clone().autodiff();
+    let bytes = model::weights_to_bytes(&network(&m, 5).train()).unwrap();
+    let load =
+        || model::network_from_bytes(&m, &bytes, &device, std::path::Path::new("t")).unwrap();
+    let adam = || -> ModuleOptimizer { AdamConfig::new().init() };
+
+    let replicas = Stepper::Replicas(DataParallel::start(vec![
+        replica_device.clone(),
+        replica_device,
+    ]));
+    let (parallel, loss) = replicas
+        .step(
+            load(),
+            &mut adam(),
+            &batch,
+            &m.layout,
+            &config,
+            0.0,
+            1e-2,
+            1,
+        )
+        .unwrap();
+
+    let net = load();
+    let halves = [batch.shard(0, 2), batch.shard(1, 2)];
+    assert_eq!(halves[0].cubes + halves[1].cubes, batch.cubes);
+    let expected = halves
+        .iter()
+        .map(|h| {
+            crate::train::burn_loss(&net, h, &m.layout, &config)
+                * (h.cubes as f32 / batch.cubes as f32)
+        })
+        .reduce(|a, b| a + b)
+        .unwrap();
+    let expected_loss = expected.clone().into_scalar::<f32>() as f64;
+    let grads = GradientsParams::from_grads(expected.backward(), &net);
+    let single = adam().step(1e-2, net, grads);
+
+    assert!(
+        (loss - expected_loss).abs() < 1e-5,
+        "loss {loss} vs {expected_loss}"
+    );
+    let (a, b) = (ParamStore::read(&parallel), ParamStore::read(&single));
+    let mut compared = 0;
+    for (path, tensor) in a.tensors.iter().filter(|(k, _)| !k.contains("running")) {
+        let diff = max_difference(&tensor.values, &b.tensors[path].values);
+        assert!(diff < 1e-5, "{path}: differs by {diff}");
+        compared += 1;
+    }
+    assert!(compared > 10, "only {compared} parameters compared");
+    let before = ParamStore::read(&load());
+    let moved = before
+        .tensors
+        .iter()
+        .any(|(k, t)| max_difference(&t.values, &a.tensors[k].values) > 1e-4);
+    assert!(moved, "the step changed nothing");
 }

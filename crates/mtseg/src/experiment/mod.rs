@@ -181,6 +181,7 @@ fn run_one(
         time_budget: None,
         splits: Some(spec.tasks.iter().map(|&t| splits[t].clone()).collect()),
         hardware: request.hardware,
+        gpus: 1,
     };
     let outcome = train::train(&train_request, observer.training())?;
     let segmenter = Segmenter::load(&outcome.model, request.hardware)?;

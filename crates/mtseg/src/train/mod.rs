@@ -3,27 +3,30 @@
 
 pub mod log;
 pub mod loss;
+mod step;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, BalancedSampler, Batch, TrainingVolume};
+use crate::data::{self, BalancedSampler, TrainingVolume};
 use crate::datasets::{Split, Splits, TaskSet, hold_out_validation};
 use crate::device::Hardware;
-use crate::engine::{self, CpuNetwork, ParamStore};
 use crate::error::{Error, Result};
 use crate::infer::dense_engine;
 use crate::model::{
     self, ModelFile, ModelMeta, OutputLayout, Preset, TaskMeta, TriplanarNet, file::FORMAT_VERSION,
 };
 use log::{History, IterationRow, ValidationRow};
+#[cfg(test)]
+pub(crate) use step::burn_loss;
+pub use step::{DataParallel, Stepper};
 use validate::ValidationCase;
 
 /// Validation cases are cropped to this many voxels per axis.
@@ -43,6 +46,8 @@ pub struct TrainRequest {
     pub splits: Option<Vec<Split>>,
     /// mtseg's CPU kernels, or burn's autodiff on a GPU.
     pub hardware: Hardware,
+    /// GPUs to train on, data parallel (1 on the CPU).
+    pub gpus: usize,
 }
 
 /// Receives training progress (the CLI draws a progress bar with it).
@@ -236,7 +241,9 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     // burn's optimizer updates parameters of an autodiff module; on the CPU the gradients
     // come from mtseg's kernels as plain tensors, on a GPU from burn's autodiff. A missing
     // GPU is reported before the datasets are read.
-    let device = request.hardware.burn_device()?.autodiff();
+    let devices = request.hardware.burn_devices(request.gpus)?;
+    let device = devices[0].clone().autodiff();
+    let stepper = Stepper::new(request.hardware, devices);
     std::fs::create_dir_all(&request.out).map_err(|e| Error::io(&request.out, e))?;
     let data = prepare(request, observer)?;
     let config = request.preset.training.clone();
@@ -313,8 +320,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         );
         tracing::debug!("sampling {:.3} s", sampling.elapsed().as_secs_f64());
         let lr = learning_rate(&config, state.iteration);
-        let (next, loss) = step(
-            request.hardware,
+        let (next, loss) = stepper.step(
             net,
             &mut optimizer,
             &batch,
@@ -323,7 +329,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
             meta.network.dropout,
             lr,
             iteration_seed(config.seed, iteration),
-        );
+        )?;
         net = next;
         let seconds = step_start.elapsed().as_secs_f64();
         voxels_done += batch.targets.len();
@@ -425,92 +431,6 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         seconds,
         voxels_per_s: voxels_done as f64 / seconds.max(1e-9),
     })
-}
-
-/// One optimisation step where `hardware` trains: mtseg's CPU kernels, or burn's autodiff on
-/// the GPU (`dropout` and `seed` drive the kernels' dropout, or seed burn's random stream).
-/// Returns the network and the loss.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn step(
-    hardware: Hardware,
-    net: TriplanarNet,
-    optimizer: &mut ModuleOptimizer,
-    batch: &Batch,
-    layout: &OutputLayout,
-    config: &crate::model::TrainConfig,
-    dropout: f64,
-    lr: f64,
-    seed: u64,
-) -> (TriplanarNet, f64) {
-    if hardware == Hardware::Gpu {
-        net.devices()[0].seed(seed);
-        return burn_step(net, optimizer, batch, layout, config, lr);
-    }
-    // The CPU kernels' gradients go to burn's Adam, their batch-norm running statistics into
-    // the network.
-    let t0 = Instant::now();
-    let store = ParamStore::read(&net);
-    let cpu = CpuNetwork::from_store(&store, &net, dropout);
-    let output = engine::train_step(&cpu, batch, layout, config, seed);
-    let t1 = Instant::now();
-    let device = Device::flex();
-    let mut grads = GradientsParams::new();
-    for (path, values) in output.gradients {
-        let p = store.get(&path);
-        match p.shape.len() {
-            1 => grads.register::<1>(
-                p.id,
-                Tensor::from_data(TensorData::new(values, [p.shape[0]]), &device),
-            ),
-            4 => {
-                let s = [p.shape[0], p.shape[1], p.shape[2], p.shape[3]];
-                grads.register::<4>(p.id, Tensor::from_data(TensorData::new(values, s), &device))
-            }
-            rank => unreachable!("the network has no parameter of rank {rank}"),
-        }
-    }
-    let net = optimizer.step(lr, net, grads);
-    let net = engine::write_values(net, &output.running);
-    tracing::debug!(
-        "kernels {:.3} s, optimizer {:.3} s",
-        (t1 - t0).as_secs_f64(),
-        t1.elapsed().as_secs_f64()
-    );
-    (net, output.loss)
-}
-
-/// One optimisation step with burn's autodiff on the network's own device (the GPU path):
-/// forward on the batch's cubes, the same loss as the CPU kernels, backward, Adam.
-fn burn_step(
-    net: TriplanarNet,
-    optimizer: &mut ModuleOptimizer,
-    batch: &Batch,
-    layout: &OutputLayout,
-    config: &crate::model::TrainConfig,
-    lr: f64,
-) -> (TriplanarNet, f64) {
-    let loss = burn_loss(&net, batch, layout, config);
-    let grads = GradientsParams::from_grads(loss.backward(), &net);
-    let value = loss.into_scalar::<f32>() as f64;
-    (optimizer.step(lr, net, grads), value)
-}
-
-/// The batch's loss computed by burn on the network's device (with autodiff if it has it).
-pub(crate) fn burn_loss(
-    net: &TriplanarNet,
-    batch: &Batch,
-    layout: &OutputLayout,
-    config: &crate::model::TrainConfig,
-) -> Tensor<1> {
-    let device = net.devices()[0].clone();
-    let side = batch.patch_side;
-    let n = batch.cubes * batch.tile;
-    let patches = batch
-        .patches
-        .clone()
-        .map(|p| Tensor::<4>::from_data(TensorData::new(p, [n, 1, side, side]), &device));
-    let output = net.forward_cubes(patches, batch.cubes, batch.tile);
-    loss::batch_loss(output, batch, layout, config, &device)
 }
 
 /// Decides, on the validation cases, for which tasks `segment` keeps only the largest

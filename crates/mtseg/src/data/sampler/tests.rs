@@ -126,3 +126,35 @@ fn identity_patches_are_the_volume_around_the_centre() {
     assert_eq!(batch.labels[cube * 8 + 7], 2);
     assert_eq!(batch.labels[cube * 8], v.labels[v.index(4, 4, 4)]);
 }
+
+#[test]
+fn shards_split_a_batch_into_disjoint_balanced_shares() {
+    let (volumes, layout) = setup();
+    let config = TrainConfig::new().with_tile(2).with_samples_per_task(4);
+    let batch = BalancedSampler::new(5).next_batch(&volumes, 2, &[2, 1], 3, &config, &layout);
+    let shards: Vec<Batch> = (0..3).map(|i| batch.shard(i, 3)).collect();
+    assert_eq!(shards.iter().map(|s| s.cubes).sum::<usize>(), batch.cubes);
+    // Cube c goes to shard c % 3, whole: its patches, targets, labels, task and class.
+    let patch = 2 * batch.patch_side * batch.patch_side;
+    for c in 0..batch.cubes {
+        let (shard, at) = (&shards[c % 3], c / 3);
+        assert_eq!(shard.tasks[at], batch.tasks[c]);
+        assert_eq!(shard.centre_classes[at], batch.centre_classes[c]);
+        assert_eq!(shard.targets[at * 8..][..8], batch.targets[c * 8..][..8]);
+        assert_eq!(shard.labels[at * 8..][..8], batch.labels[c * 8..][..8]);
+        for o in 0..3 {
+            assert_eq!(
+                shard.patches[o][at * patch..][..patch],
+                batch.patches[o][c * patch..][..patch]
+            );
+        }
+    }
+    // Both tasks in every share when each task has at least as many cubes as there are shares.
+    for shard in &shards {
+        assert!(
+            shard.tasks.contains(&0) && shard.tasks.contains(&1),
+            "{:?}",
+            shard.tasks
+        );
+    }
+}
