@@ -171,6 +171,7 @@ impl DataParallel {
         self.workers.len()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         net: TriplanarNet,
