@@ -167,10 +167,6 @@ impl DataParallel {
         DataParallel { workers }
     }
 
-    pub fn devices(&self) -> usize {
-        self.workers.len()
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
