@@ -208,16 +208,15 @@ fn train_seconds(
     let mut times = Vec::new();
     for i in 0..repetitions + 1 {
         let start = Instant::now();
-        let (next, _) = stepper.step(
-            net,
-            &mut optimizer,
+        let input = crate::train::StepInput {
             batch,
-            &meta.layout,
+            layout: &meta.layout,
             config,
-            0.5,
-            1e-3,
-            i as u64,
-        )?;
+            dropout: 0.5,
+            lr: 1e-3,
+            seed: i as u64,
+        };
+        let (next, _) = stepper.step(net, &mut optimizer, &input)?;
         net = next;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());

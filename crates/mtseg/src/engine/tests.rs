@@ -12,7 +12,7 @@ use crate::model::{
     self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarNet,
 };
 use crate::test_support::two_task_meta;
-use crate::train::{DataParallel, Stepper};
+use crate::train::{DataParallel, StepInput, Stepper};
 
 fn meta(network: NetworkConfig) -> ModelMeta {
     two_task_meta(network, &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)])
@@ -163,6 +163,32 @@ fn two_task_batch(m: &ModelMeta, class_balance: f64) -> (TrainConfig, crate::dat
     (config, batch)
 }
 
+/// A training step on `batch` without dropout, learning rate 1e-2.
+fn step_input<'a>(
+    m: &'a ModelMeta,
+    config: &'a TrainConfig,
+    batch: &'a crate::data::Batch,
+) -> StepInput<'a> {
+    StepInput {
+        batch,
+        layout: &m.layout,
+        config,
+        dropout: 0.0,
+        lr: 1e-2,
+        seed: 1,
+    }
+}
+
+/// The network saved as `bytes`, on `device` with autodiff, ready to train with Adam.
+fn trainable(m: &ModelMeta, bytes: &[u8], device: &Device) -> TriplanarNet {
+    let device = device.clone().autodiff();
+    model::network_from_bytes(m, bytes, &device, std::path::Path::new("t")).unwrap()
+}
+
+fn adam() -> burn::optim::ModuleOptimizer {
+    burn::optim::AdamConfig::new().init()
+}
+
 /// burn's autodiff gradients of the same loss on the same batch.
 fn burn_gradients(
     net: &TriplanarNet,
@@ -257,44 +283,23 @@ fn the_burn_training_step_on_the_gpu_agrees_with_the_kernels() {
 }
 
 fn burn_training_step_agrees_with_the_kernels(burn_device: Device) {
-    use burn::optim::{AdamConfig, ModuleOptimizer};
+    use burn::optim::ModuleOptimizer;
 
     let m = training_meta(OutputMode::PerTask);
-    let net = network(&m, 5).train();
-    let bytes = model::weights_to_bytes(&net).unwrap();
-    let load = |device: &Device| {
-        model::network_from_bytes(
-            &m,
-            &bytes,
-            &device.clone().autodiff(),
-            std::path::Path::new("t"),
-        )
-        .unwrap()
-    };
+    let bytes = model::weights_to_bytes(&network(&m, 5).train()).unwrap();
+    let load = |device: &Device| trainable(&m, &bytes, device);
     let (config, batch) = two_task_batch(&m, 1.0);
-    let adam = || -> ModuleOptimizer { AdamConfig::new().init() };
 
     let kernels_net = load(&Device::flex());
+    let input = step_input(&m, &config, &batch);
     let (kernels_net, kernels_loss) = Stepper::Kernels
-        .step(
-            kernels_net,
-            &mut adam(),
-            &batch,
-            &m.layout,
-            &config,
-            0.0,
-            1e-2,
-            1,
-        )
+        .step(kernels_net, &mut adam(), &input)
         .unwrap();
     let mut optimizer = adam();
     // The GPU path's step, whatever device the network is on.
     let gpu_path = Stepper::Replicas(DataParallel::start(vec![burn_device.clone()]));
-    let burn_step = |net, optimizer: &mut ModuleOptimizer| {
-        gpu_path
-            .step(net, optimizer, &batch, &m.layout, &config, 0.0, 1e-2, 1)
-            .unwrap()
-    };
+    let burn_step =
+        |net, optimizer: &mut ModuleOptimizer| gpu_path.step(net, optimizer, &input).unwrap();
     let (mut burn_net, burn_loss) = burn_step(load(&burn_device), &mut optimizer);
     assert!(
         (kernels_loss - burn_loss).abs() < 1e-4 * burn_loss.max(1.0),
@@ -333,32 +338,17 @@ fn a_data_parallel_step_on_the_gpu_sums_the_shares_of_its_replicas() {
 }
 
 fn data_parallel_step_sums_the_shares(replica_device: Device) {
-    use burn::optim::{AdamConfig, ModuleOptimizer};
-
     let m = training_meta(OutputMode::PerTask);
     let (config, batch) = two_task_batch(&m, 0.5);
-    let device = replica_device.clone().autodiff();
     let bytes = model::weights_to_bytes(&network(&m, 5).train()).unwrap();
-    let load =
-        || model::network_from_bytes(&m, &bytes, &device, std::path::Path::new("t")).unwrap();
-    let adam = || -> ModuleOptimizer { AdamConfig::new().init() };
+    let load = || trainable(&m, &bytes, &replica_device);
 
     let replicas = Stepper::Replicas(DataParallel::start(vec![
         replica_device.clone(),
-        replica_device,
+        replica_device.clone(),
     ]));
-    let (parallel, loss) = replicas
-        .step(
-            load(),
-            &mut adam(),
-            &batch,
-            &m.layout,
-            &config,
-            0.0,
-            1e-2,
-            1,
-        )
-        .unwrap();
+    let input = step_input(&m, &config, &batch);
+    let (parallel, loss) = replicas.step(load(), &mut adam(), &input).unwrap();
 
     let net = load();
     let halves = [batch.shard(0, 2), batch.shard(1, 2)];

@@ -8,6 +8,7 @@ pub mod output;
 pub mod shipped;
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
@@ -32,17 +33,32 @@ impl ModuleVisitor for Materialise {
     }
 }
 
+/// burn's random stream is shared by every thread of the process: seeding it and drawing
+/// from it must not interleave with another thread doing the same (data-parallel workers,
+/// tests running side by side), or the seed no longer decides what is drawn.
+static RANDOM_STREAM: Mutex<()> = Mutex::new(());
+
+/// Runs `draw` on burn's random stream seeded with `seed`, no other thread drawing meanwhile.
+pub(crate) fn with_seed<R>(device: &Device, seed: u64, draw: impl FnOnce() -> R) -> R {
+    let _alone = RANDOM_STREAM
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    draw()
+}
+
 /// A freshly initialised network, deterministic for a given seed.
 pub fn init_network(meta: &ModelMeta, seed: u64, device: &Device) -> TriplanarNet {
-    device.seed(seed);
-    let net = TriplanarNet::new(
-        &meta.network,
-        meta.layout.channels(),
-        meta.tasks.len(),
-        device,
-    );
-    net.visit(&mut Materialise);
-    net
+    with_seed(device, seed, || {
+        let net = TriplanarNet::new(
+            &meta.network,
+            meta.layout.channels(),
+            meta.tasks.len(),
+            device,
+        );
+        net.visit(&mut Materialise);
+        net
+    })
 }
 
 /// The weights of a network as bytes (burn's module record), taken from its evaluation-mode

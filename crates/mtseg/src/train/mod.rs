@@ -26,7 +26,7 @@ use crate::model::{
 use log::{History, IterationRow, ValidationRow};
 #[cfg(test)]
 pub(crate) use step::burn_loss;
-pub use step::{DataParallel, Stepper};
+pub use step::{DataParallel, StepInput, Stepper};
 use validate::ValidationCase;
 
 /// Validation cases are cropped to this many voxels per axis.
@@ -320,16 +320,15 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         );
         tracing::debug!("sampling {:.3} s", sampling.elapsed().as_secs_f64());
         let lr = learning_rate(&config, state.iteration);
-        let (next, loss) = stepper.step(
-            net,
-            &mut optimizer,
-            &batch,
-            &meta.layout,
-            &config,
-            meta.network.dropout,
+        let input = StepInput {
+            batch: &batch,
+            layout: &meta.layout,
+            config: &config,
+            dropout: meta.network.dropout,
             lr,
-            iteration_seed(config.seed, iteration),
-        )?;
+            seed: iteration_seed(config.seed, iteration),
+        };
+        let (next, loss) = stepper.step(net, &mut optimizer, &input)?;
         net = next;
         let seconds = step_start.elapsed().as_secs_f64();
         voxels_done += batch.targets.len();

@@ -19,7 +19,19 @@ use crate::data::Batch;
 use crate::device::{Hardware, panic_message};
 use crate::engine::{self, CpuNetwork, ParamStore};
 use crate::error::{Error, Result};
-use crate::model::{OutputLayout, TrainConfig, TriplanarNet};
+use crate::model::{self, OutputLayout, TrainConfig, TriplanarNet};
+
+/// What one training step learns from, and how.
+pub struct StepInput<'a> {
+    pub batch: &'a Batch,
+    pub layout: &'a OutputLayout,
+    pub config: &'a TrainConfig,
+    /// The kernels' dropout rate (burn's network carries its own).
+    pub dropout: f64,
+    pub lr: f64,
+    /// Seeds the kernels' dropout, or burn's random stream on each device.
+    pub seed: u64,
+}
 
 /// Who computes the gradients of a training step.
 pub enum Stepper {
@@ -39,48 +51,31 @@ impl Stepper {
         }
     }
 
-    /// One step on `batch`: returns the updated network and the loss. `dropout` and `seed`
-    /// drive the kernels' dropout, or seed burn's random stream on each device.
-    #[allow(clippy::too_many_arguments)]
+    /// One step: returns the updated network and the loss.
     pub fn step(
         &self,
         net: TriplanarNet,
         optimizer: &mut ModuleOptimizer,
-        batch: &Batch,
-        layout: &OutputLayout,
-        config: &TrainConfig,
-        dropout: f64,
-        lr: f64,
-        seed: u64,
+        input: &StepInput,
     ) -> Result<(TriplanarNet, f64)> {
         match self {
-            Stepper::Kernels => Ok(kernels_step(
-                net, optimizer, batch, layout, config, dropout, lr, seed,
-            )),
-            Stepper::Replicas(replicas) => {
-                replicas.step(net, optimizer, batch, layout, config, lr, seed)
-            }
+            Stepper::Kernels => Ok(kernels_step(net, optimizer, input)),
+            Stepper::Replicas(replicas) => replicas.step(net, optimizer, input),
         }
     }
 }
 
 /// The CPU kernels' gradients go to burn's Adam, their batch-norm running statistics into
 /// the network.
-#[allow(clippy::too_many_arguments)]
 fn kernels_step(
     net: TriplanarNet,
     optimizer: &mut ModuleOptimizer,
-    batch: &Batch,
-    layout: &OutputLayout,
-    config: &TrainConfig,
-    dropout: f64,
-    lr: f64,
-    seed: u64,
+    input: &StepInput,
 ) -> (TriplanarNet, f64) {
     let t0 = Instant::now();
     let store = ParamStore::read(&net);
-    let cpu = CpuNetwork::from_store(&store, &net, dropout);
-    let output = engine::train_step(&cpu, batch, layout, config, seed);
+    let cpu = CpuNetwork::from_store(&store, &net, input.dropout);
+    let output = engine::train_step(&cpu, input.batch, input.layout, input.config, input.seed);
     let t1 = Instant::now();
     let device = Device::flex();
     let mut grads = GradientsParams::new();
@@ -98,7 +93,7 @@ fn kernels_step(
             rank => unreachable!("the network has no parameter of rank {rank}"),
         }
     }
-    let net = optimizer.step(lr, net, grads);
+    let net = optimizer.step(input.lr, net, grads);
     let net = engine::write_values(net, &output.running);
     tracing::debug!(
         "kernels {:.3} s, optimizer {:.3} s",
@@ -167,17 +162,13 @@ impl DataParallel {
         DataParallel { workers }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         net: TriplanarNet,
         optimizer: &mut ModuleOptimizer,
-        batch: &Batch,
-        layout: &OutputLayout,
-        config: &TrainConfig,
-        lr: f64,
-        seed: u64,
+        input: &StepInput,
     ) -> Result<(TriplanarNet, f64)> {
+        let batch = input.batch;
         let n = self.workers.len();
         if batch.cubes < n {
             return Err(Error::usage(format!(
@@ -194,9 +185,9 @@ impl DataParallel {
                 net: net.clone(),
                 weight: share as f32,
                 batch: shard,
-                layout: layout.clone(),
-                config: config.clone(),
-                seed: seed.wrapping_add(i as u64),
+                layout: input.layout.clone(),
+                config: input.config.clone(),
+                seed: input.seed.wrapping_add(i as u64),
             };
             let sent = worker.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
             if !sent {
@@ -215,7 +206,7 @@ impl DataParallel {
             loss += share * shard_loss;
             sum.accumulate(&net, grads.to_device(main, &net));
         }
-        Ok((optimizer.step(lr, net, sum.grads()), loss))
+        Ok((optimizer.step(input.lr, net, sum.grads()), loss))
     }
 }
 
@@ -239,9 +230,11 @@ fn stopped(i: usize) -> Error {
 
 /// A worker's part of a step: forward and backward of its shard on its own device.
 fn gradients(job: Job, device: &Device) -> (GradientsParams, f64) {
-    device.seed(job.seed);
     let replica = job.net.fork(device);
-    let loss = burn_loss(&replica, &job.batch, &job.layout, &job.config);
+    // Dropout draws its masks in the forward pass (queued, not waited for, on a GPU).
+    let loss = model::with_seed(device, job.seed, || {
+        burn_loss(&replica, &job.batch, &job.layout, &job.config)
+    });
     let value = loss.clone().into_scalar::<f32>() as f64;
     let grads = (loss * job.weight).backward();
     (GradientsParams::from_grads(grads, &replica), value)
