@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::direct::{self, Isa};
 use super::matmul::{View, matmul};
 
 /// Weights as `[dy][dx][ci][co]`: three row-major (3ci x co) matrices, one per dy.
@@ -61,6 +62,29 @@ impl Conv3x3 {
         out
     }
 
+    /// The kernel that carries output gradients back to the input: taps mirrored in both
+    /// axes, input and output channels swapped, no bias.
+    pub fn flipped(&self) -> Conv3x3 {
+        let (ci, co) = (self.ci, self.co);
+        let mut weight = vec![0f32; 9 * ci * co];
+        for dy in 0..3 {
+            for dx in 0..3 {
+                for i in 0..ci {
+                    for o in 0..co {
+                        weight[(((2 - dy) * 3 + (2 - dx)) * co + o) * ci + i] =
+                            self.weight[((dy * 3 + dx) * ci + i) * co + o];
+                    }
+                }
+            }
+        }
+        Conv3x3 {
+            ci: co,
+            co: ci,
+            weight,
+            bias: vec![0.0; ci],
+        }
+    }
+
     fn tap_rows(&self) -> usize {
         3 * self.ci
     }
@@ -72,7 +96,8 @@ fn full_rows(h: usize, w: usize) -> usize {
 }
 
 /// Convolves one image: `x` is `h x w x ci`, `out` receives `(h-2) x (w-2) x co`. Each
-/// output pixel's `co` values (bias added) then go through `epilogue`.
+/// output row's values (bias added) then go through `epilogue`, while still in cache. The direct SIMD kernel
+/// runs where the CPU and `co` allow it, the three matrix products elsewhere.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_image(
     conv: &Conv3x3,
@@ -88,6 +113,37 @@ pub fn forward_image(
         h >= 3 && w >= 3,
         "a 3x3 valid convolution needs at least 3x3 pixels"
     );
+    let co = conv.co;
+    let (ho, wo) = (h - 2, w - 2);
+    let out = &mut out[..ho * wo * co];
+    match Isa::best_for(co) {
+        Some(isa) => {
+            let row = |(y, dst): (usize, &mut [f32])| {
+                direct::forward_row(conv, isa, x, w, y, dst);
+                epilogue(dst);
+            };
+            if threads > 1 {
+                out.par_chunks_mut(wo * co).enumerate().for_each(row);
+            } else {
+                out.chunks_mut(wo * co).enumerate().for_each(row);
+            }
+        }
+        None => forward_image_by_products(conv, x, h, w, out, scratch, threads, epilogue),
+    }
+}
+
+/// [`forward_image`] as three matrix products over a full-width scratch.
+#[allow(clippy::too_many_arguments)]
+fn forward_image_by_products(
+    conv: &Conv3x3,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+    threads: usize,
+    epilogue: &(impl Fn(&mut [f32]) + Sync),
+) {
     let (ci, co) = (conv.ci, conv.co);
     let m = full_rows(h, w);
     // The first product overwrites the scratch: no need to clear it.
@@ -110,7 +166,7 @@ pub fn forward_image(
             threads,
         );
     }
-    let (ho, wo) = (h - 2, w - 2);
+    let wo = w - 2;
     let scratch = &scratch[..];
     let row = |(y, dst): (usize, &mut [f32])| {
         for (xo, pixel) in dst.chunks_mut(co).enumerate() {
@@ -118,10 +174,9 @@ pub fn forward_image(
             for ((d, s), b) in pixel.iter_mut().zip(src).zip(&conv.bias) {
                 *d = s + b;
             }
-            epilogue(pixel);
         }
+        epilogue(dst);
     };
-    let out = &mut out[..ho * wo * co];
     if threads > 1 {
         out.par_chunks_mut(wo * co).enumerate().for_each(row);
     } else {
@@ -129,10 +184,8 @@ pub fn forward_image(
     }
 }
 
-/// Gradients of one image: given `dz` (`(h-2) x (w-2) x co`, the loss gradient at the
-/// convolution's output), adds the weight and bias gradients to `dw`, `db`, and writes the
-/// input gradient to `dx` when asked.
-#[allow(clippy::too_many_arguments)]
+/// Weight and bias gradients of one image: given `dz` (`(h-2) x (w-2) x co`, the loss
+/// gradient at the convolution's output), adds them to `dw` and `db`.
 pub fn backward_image(
     conv: &Conv3x3,
     x: &[f32],
@@ -141,8 +194,6 @@ pub fn backward_image(
     dz: &[f32],
     dw: &mut [f32],
     db: &mut [f32],
-    dx: Option<&mut [f32]>,
-    scratch: &mut Vec<f32>,
 ) {
     let (ci, co) = (conv.ci, conv.co);
     let (ho, wo) = (h - 2, w - 2);
@@ -175,41 +226,35 @@ pub fn backward_image(
             1,
         );
     }
-    if let Some(dx) = dx {
-        dx.fill(0.0);
-        scratch.clear();
-        scratch.resize(m * k, 0.0);
-        for dy in 0..3 {
-            // G (m x 3ci) = dz (m x co) * W_dy^T (co x 3ci), then overlap-add into dx.
-            matmul(
-                m,
-                k,
-                co,
-                scratch,
-                View::rows(0, k),
-                false,
-                &full,
-                View::rows(0, co),
-                &conv.weight,
-                View::transposed(dy * k * co, co),
-                1,
-            );
-            for p in 0..m {
-                let dst = &mut dx[(p + dy * w) * ci..][..k];
-                for (d, g) in dst.iter_mut().zip(&scratch[p * k..][..k]) {
-                    *d += g;
-                }
-            }
-        }
+}
+
+/// The input gradient of one image: `dx` (`h x w x ci`) from `dz` (`(h-2) x (w-2) x co`).
+/// It is the valid convolution of `dz` padded by two with the flipped kernel
+/// ([`Conv3x3::flipped`]), so it runs on the forward pass's kernels.
+pub fn input_gradient(
+    flipped: &Conv3x3,
+    dz: &[f32],
+    h: usize,
+    w: usize,
+    dx: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let co = flipped.ci;
+    let (ho, wo) = (h - 2, w - 2);
+    let (hp, wp) = (h + 2, w + 2);
+    let mut padded = vec![0f32; hp * wp * co];
+    for y in 0..ho {
+        padded[((y + 2) * wp + 2) * co..][..wo * co].copy_from_slice(&dz[y * wo * co..][..wo * co]);
     }
+    forward_image(flipped, &padded, hp, wp, dx, scratch, 1, &|_| {});
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Direct convolution, for reference.
-    fn reference(conv: &Conv3x3, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+    pub(crate) fn reference(conv: &Conv3x3, x: &[f32], h: usize, w: usize) -> Vec<f32> {
         let (ci, co) = (conv.ci, conv.co);
         let mut out = vec![0f32; (h - 2) * (w - 2) * co];
         for y in 0..h - 2 {
@@ -231,7 +276,7 @@ mod tests {
         out
     }
 
-    fn conv(ci: usize, co: usize) -> Conv3x3 {
+    pub(crate) fn conv(ci: usize, co: usize) -> Conv3x3 {
         Conv3x3 {
             ci,
             co,
@@ -265,6 +310,42 @@ mod tests {
         assert_eq!(Conv3x3::from_oihw(3, 2, &oihw, c.bias.clone()), c);
     }
 
+    /// The input gradient, on whichever kernel the flipped convolution runs, against the
+    /// adjoint of the convolution written out term by term.
+    #[test]
+    fn input_gradient_is_the_adjoint_of_the_convolution() {
+        for (ci, co, h, w) in [(2, 3, 6, 5), (8, 16, 6, 7), (32, 32, 5, 9)] {
+            let c = conv(ci, co);
+            let dz: Vec<f32> = (0..(h - 2) * (w - 2) * co)
+                .map(|i| ((i * 11) % 5) as f32 * 0.1 - 0.2)
+                .collect();
+            let mut expected = vec![0f64; h * w * ci];
+            for y in 0..h - 2 {
+                for x in 0..w - 2 {
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            for i in 0..ci {
+                                for o in 0..co {
+                                    expected[((y + dy) * w + x + dx) * ci + i] +=
+                                        dz[(y * (w - 2) + x) * co + o] as f64
+                                            * c.weight[((dy * 3 + dx) * ci + i) * co + o] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let mut dx = vec![f32::NAN; h * w * ci];
+            input_gradient(&c.flipped(), &dz, h, w, &mut dx, &mut Vec::new());
+            for (i, (a, b)) in dx.iter().zip(&expected).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-4,
+                    "ci {ci} co {co}: dx[{i}] {a} vs {b}"
+                );
+            }
+        }
+    }
+
     /// Gradients against finite differences of sum(out * g).
     #[test]
     fn backward_matches_finite_differences() {
@@ -286,17 +367,8 @@ mod tests {
         let mut dw = vec![0f32; c.weight.len()];
         let mut db = vec![0f32; co];
         let mut dx = vec![0f32; x.len()];
-        backward_image(
-            &c,
-            &x,
-            h,
-            w,
-            &g,
-            &mut dw,
-            &mut db,
-            Some(&mut dx),
-            &mut Vec::new(),
-        );
+        backward_image(&c, &x, h, w, &g, &mut dw, &mut db);
+        input_gradient(&c.flipped(), &g, h, w, &mut dx, &mut Vec::new());
         let eps = 1e-2;
         for i in [0, 5, x.len() - 1, x.len() / 2] {
             let (mut p, mut q) = (x.clone(), x.clone());

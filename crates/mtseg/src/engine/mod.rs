@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod direct;
 pub mod matmul;
 pub mod network;
 pub mod params;

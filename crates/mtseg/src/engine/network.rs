@@ -198,11 +198,13 @@ impl FoldedNetwork {
         w: usize,
         threads: usize,
     ) -> Vec<f32> {
+        // Two buffers in turn: a fresh allocation per layer would fault in its pages again.
         let mut current = image.to_vec();
+        let mut next = Vec::new();
         let (mut ch, mut cw) = (h, w);
         let mut scratch = Vec::new();
         for conv in layers {
-            let mut next = vec![0f32; (ch - 2) * (cw - 2) * conv.co];
+            next.resize((ch - 2) * (cw - 2) * conv.co, 0.0);
             forward_image(
                 conv,
                 &current,
@@ -213,7 +215,7 @@ impl FoldedNetwork {
                 threads,
                 &elu_in_place,
             );
-            current = next;
+            std::mem::swap(&mut current, &mut next);
             ch -= 2;
             cw -= 2;
         }

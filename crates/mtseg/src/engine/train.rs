@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::activation::{elu, elu_derivative_from_output};
-use super::conv::{backward_image, forward_image};
+use super::conv::{backward_image, forward_image, input_gradient};
 use super::matmul::{View, matmul};
 use super::network::{CpuNetwork, Dense};
 use crate::data::Batch;
@@ -233,6 +233,7 @@ fn branch_backward(
             (0..n).map(|_| None).collect()
         };
         let weight_len = layer.conv.weight.len();
+        let flipped = need_dx.then(|| layer.conv.flipped());
         let parts = d_output
             .par_chunks(out_size)
             .zip(x.par_chunks(in_size))
@@ -240,17 +241,10 @@ fn branch_backward(
             .map(|((dz, image), dx)| {
                 let mut dw = vec![0f32; weight_len];
                 let mut db = vec![0f32; co];
-                backward_image(
-                    &layer.conv,
-                    image,
-                    h,
-                    w,
-                    dz,
-                    &mut dw,
-                    &mut db,
-                    dx.as_deref_mut(),
-                    &mut Vec::new(),
-                );
+                backward_image(&layer.conv, image, h, w, dz, &mut dw, &mut db);
+                if let (Some(dx), Some(flipped)) = (dx.as_deref_mut(), &flipped) {
+                    input_gradient(flipped, dz, h, w, dx, &mut Vec::new());
+                }
                 (dw, db)
             })
             .collect();
