@@ -2,6 +2,8 @@
 //! activation runs over every feature of every layer, and a libm `exp` per value would cost
 //! as much as the convolutions.
 
+use multiversion::multiversion;
+
 /// e^x for x <= 0 (inputs below -87 give 0): range reduction to r in [-ln2/2, ln2/2], a
 /// degree-6 polynomial, and the power of two put in the exponent bits. Relative error
 /// about 2e-7.
@@ -37,40 +39,13 @@ pub fn elu(x: f32) -> f32 {
     if x > 0.0 { x } else { exp_minus_one }
 }
 
-/// ELU in place, vectorised for the widest instruction set the CPU has.
+/// ELU in place, vectorised for the widest instruction set the CPU has (x86-64 builds
+/// target SSE2 alone, so without the AVX versions the loop would run 4 floats at a time).
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
 pub fn elu_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { elu_in_place_avx512(values) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { elu_in_place_avx2(values) };
-        }
-    }
-    elu_loop(values);
-}
-
-#[inline(always)]
-fn elu_loop(values: &mut [f32]) {
     for v in values.iter_mut() {
         *v = elu(*v);
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn elu_in_place_avx512(values: &mut [f32]) {
-    elu_loop(values);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn elu_in_place_avx2(values: &mut [f32]) {
-    elu_loop(values);
 }
 
 /// The derivative of ELU, from its output a: 1 where a > 0, a + 1 (= e^x) elsewhere.

@@ -210,6 +210,10 @@ pub fn backward_image(
             }
         }
     }
+    if let Some(isa) = Isa::best_for(co) {
+        direct::add_weight_gradient(ci, co, isa, x, w, &full, dw);
+        return;
+    }
     for dy in 0..3 {
         // dW_dy (3ci x co) += X_dy^T (3ci x m) * dz (m x co)
         matmul(

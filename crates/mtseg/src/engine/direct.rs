@@ -1,26 +1,32 @@
-//! The 3x3 convolution's forward pass as a direct SIMD kernel, for CPUs with AVX-512 or
-//! AVX2 and FMA. For a run of output pixels of one row, the sums of all their output
-//! channels (up to four vectors each) stay in registers while the 3 x 3 x ci inputs stream
-//! past: nothing is packed, partial sums never go back to memory, and each output is written
-//! once. The three matrix products of `conv.rs` compute the same sums where this kernel does
-//! not apply (another CPU, or co not a multiple of 8).
+//! The 3x3 convolution's sums as a direct SIMD kernel, for CPUs with AVX-512 or AVX2 and FMA:
+//! the forward pass (one output row at a time) and the weight gradient of training. A block
+//! of up to 24 rows of sums, each over up to four vectors of output channels, stays in
+//! registers while the terms stream past: nothing is packed, partial sums never go back to
+//! memory, and each result is written once. The matrix products of `conv.rs` compute the
+//! same sums where this kernel does not apply (another CPU, or co not a multiple of 8).
 //!
 //! Written by hand because no maintained crate offers a channels-last 3x3 convolution for
 //! these sizes; tested against a direct scalar convolution.
 
 use super::conv::Conv3x3;
 
-/// One output row of one image, as raw pointers into checked slices.
-struct Row {
-    /// The input at row y, column 0, channel 0 (`x[y * w * ci]`).
-    x: *const f32,
-    w: usize,
-    ci: usize,
-    /// `[dy][dx][ci][co]`.
-    weight: *const f32,
+/// A panel of sums, as raw pointers into checked slices:
+/// `out[i][c] = init[i][c] + sum over segments s and steps t of a_s[i * a_row + t * a_step] *
+/// b_s[t * co + c]`, for rows i < `rows` and channels c < `co`.
+struct Panel {
+    /// Up to three segments summed into the same results (the three dy of a convolution).
+    a: [*const f32; 3],
+    b: [*const f32; 3],
+    segments: usize,
+    a_row: usize,
+    a_step: usize,
+    steps: usize,
+    rows: usize,
     co: usize,
-    bias: *const f32,
-    /// `(w - 2) x co` outputs.
+    /// Initial values: row i at `init + i * init_row` (0: the same row, a bias, for all).
+    init: *const f32,
+    init_row: usize,
+    /// Row i at `out + i * co`.
     out: *mut f32,
 }
 
@@ -76,35 +82,99 @@ pub fn forward_row(conv: &Conv3x3, isa: Isa, x: &[f32], w: usize, y: usize, out_
         "direct convolution: output row out of bounds"
     );
     assert!(conv.weight.len() == 9 * ci * co && conv.bias.len() == co);
-    assert!(
-        isa.supports(co),
-        "direct convolution: {isa:?} cannot run {co} channels here"
-    );
-    let row = Row {
-        x: x[y * w * ci..].as_ptr(),
-        w,
-        ci,
-        weight: conv.weight.as_ptr(),
+    // Output pixel i, dy: the 3 ci inputs from pixel (y + dy, i) on (the three dx taps of
+    // all channels) against the 3 ci weight rows of dy.
+    let taps = 3 * ci;
+    let panel = Panel {
+        a: [0, 1, 2].map(|dy| x[(y + dy) * w * ci..].as_ptr()),
+        b: [0, 1, 2].map(|dy| conv.weight[dy * taps * co..].as_ptr()),
+        segments: 3,
+        a_row: ci,
+        a_step: 1,
+        steps: taps,
+        rows: w - 2,
         co,
-        bias: conv.bias.as_ptr(),
+        init: conv.bias.as_ptr(),
+        init_row: 0,
         out: out_row.as_mut_ptr(),
     };
-    // SAFETY: the CPU has the instruction set (checked just above), and every address the
-    // kernel touches lies within the slices: inputs in rows y..y+3 of `x`, outputs in the
-    // first (w - 2) x co values of `out_row`, weights and bias within theirs.
+    // SAFETY: the largest input index is (y + 2) w ci + (w - 3) ci + 3 ci - 1 < (y + 3) w ci,
+    // the largest weight index 9 ci co - 1, the largest output (w - 2) co - 1: all checked.
+    unsafe { run(isa, &panel) };
+}
+
+/// Adds the weight gradient of one image to `dw` (`[dy][dx][ci][co]`): for each dy,
+/// `dW_dy (3ci x co) += X_dy^T (3ci x m) * dz (m x co)`, where row p of X_dy is the 3 ci
+/// inputs from pixel p + dy w on and `dz` holds the output gradient over the input's full
+/// width (`m = (h - 2) w - 2` rows, zero in the columns that are not outputs).
+pub fn add_weight_gradient(
+    ci: usize,
+    co: usize,
+    isa: Isa,
+    x: &[f32],
+    w: usize,
+    dz: &[f32],
+    dw: &mut [f32],
+) {
+    let m = dz.len() / co;
+    let taps = 3 * ci;
+    assert!(
+        m > 0 && dz.len() == m * co,
+        "weight gradient: dz is not m x co"
+    );
+    assert!(
+        (m + 2 * w + 2) * ci <= x.len(),
+        "weight gradient: input out of bounds"
+    );
+    assert_eq!(
+        dw.len(),
+        9 * ci * co,
+        "weight gradient: dw is not 9 ci x co"
+    );
+    for dy in 0..3 {
+        let dw_dy = dw[dy * taps * co..].as_mut_ptr();
+        let panel = Panel {
+            a: [x[dy * w * ci..].as_ptr(); 3],
+            b: [dz.as_ptr(); 3],
+            segments: 1,
+            a_row: 1,
+            a_step: ci,
+            steps: m,
+            rows: taps,
+            co,
+            init: dw_dy,
+            init_row: co,
+            out: dw_dy,
+        };
+        // SAFETY: the largest input index is dy w ci + 3 ci - 1 + (m - 1) ci
+        // < (m + 2 w + 2) ci, the largest dz index m co - 1, the largest dw index
+        // 9 ci co - 1: all checked. Each result is read (init) before it is written.
+        unsafe { run(isa, &panel) };
+    }
+}
+
+/// SAFETY: `panel`'s pointers cover the indices its sizes reach.
+unsafe fn run(isa: Isa, panel: &Panel) {
+    assert!(
+        isa.supports(panel.co),
+        "direct convolution: {isa:?} cannot run {} channels here",
+        panel.co
+    );
+    // SAFETY: the CPU has the instruction set (checked just above); the caller vouches for
+    // the extents.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         match isa {
-            Isa::Avx512 => avx512::row(&row),
-            Isa::Avx2 => avx2::row(&row),
+            Isa::Avx512 => avx512::panel(panel),
+            Isa::Avx2 => avx2::panel(panel),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
+    let _ = panel;
 }
 
 /// One kernel per instruction set, the same code over its vector type: `$lanes` floats a
-/// vector, `$registers` accumulators at most (leaving room for weights and a broadcast).
+/// vector, `$registers` accumulators at most (leaving room for the b row and a broadcast).
 macro_rules! kernel {
     ($isa:ident, $feature:literal, $lanes:literal, $registers:literal,
      $zero:ident, $load:ident, $broadcast:ident, $fma:ident, $store:ident) => {
@@ -112,24 +182,24 @@ macro_rules! kernel {
         mod $isa {
             use std::arch::x86_64::*;
 
-            use super::Row;
+            use super::Panel;
 
             const LANES: usize = $lanes;
 
-            /// SAFETY: the CPU has the instruction set; `row`'s pointers cover its extents.
+            /// SAFETY: the CPU has the instruction set; `panel`'s pointers cover its extents.
             #[target_feature(enable = $feature)]
-            pub unsafe fn row(row: &Row) {
-                // Output channels in chunks of at most four vectors; pixels per block so
-                // that the accumulators fill the registers.
+            pub unsafe fn panel(panel: &Panel) {
+                // Output channels in chunks of at most four vectors; rows per block so that
+                // the accumulators fill the registers.
                 let mut c0 = 0;
-                while c0 < row.co {
-                    let vectors = ((row.co - c0) / LANES).min(4);
+                while c0 < panel.co {
+                    let vectors = ((panel.co - c0) / LANES).min(4);
                     unsafe {
                         match vectors {
-                            4 => chunk::<4, { $registers / 4 }>(row, c0),
-                            3 => chunk::<3, { $registers / 3 }>(row, c0),
-                            2 => chunk::<2, { $registers / 2 }>(row, c0),
-                            _ => chunk::<1, { $registers }>(row, c0),
+                            4 => chunk::<4, { $registers / 4 }>(panel, c0),
+                            3 => chunk::<3, { $registers / 3 }>(panel, c0),
+                            2 => chunk::<2, { $registers / 2 }>(panel, c0),
+                            _ => chunk::<1, { $registers }>(panel, c0),
                         }
                     }
                     c0 += vectors * LANES;
@@ -137,61 +207,57 @@ macro_rules! kernel {
             }
 
             #[target_feature(enable = $feature)]
-            unsafe fn chunk<const NV: usize, const PB: usize>(row: &Row, c0: usize) {
-                let wo = row.w - 2;
-                let mut xo = 0;
-                while xo + PB <= wo {
-                    unsafe { block::<NV, PB>(row, c0, xo) };
-                    xo += PB;
+            unsafe fn chunk<const NV: usize, const PB: usize>(panel: &Panel, c0: usize) {
+                let mut i0 = 0;
+                while i0 + PB <= panel.rows {
+                    unsafe { block::<NV, PB>(panel, c0, i0) };
+                    i0 += PB;
                 }
-                while xo < wo {
-                    unsafe { block::<NV, 1>(row, c0, xo) };
-                    xo += 1;
+                while i0 < panel.rows {
+                    unsafe { block::<NV, 1>(panel, c0, i0) };
+                    i0 += 1;
                 }
             }
 
-            /// Outputs `xo..xo + PB`, channels `c0..c0 + NV * LANES`. Addresses advance by
-            /// wrapping pointer steps and loads go through intrinsics: in builds with debug
-            /// assertions (the tests) checked arithmetic in this loop would cost more than the
-            /// multiplications.
+            /// Rows `i0..i0 + PB`, channels `c0..c0 + NV * LANES`. Addresses advance by
+            /// wrapping pointer steps and loads go through intrinsics, so that no checked
+            /// arithmetic can slip into the loop.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn block<const NV: usize, const PB: usize>(row: &Row, c0: usize, xo: usize) {
-                let (ci, co) = (row.ci, row.co);
-                let taps = 3 * ci;
+            unsafe fn block<const NV: usize, const PB: usize>(panel: &Panel, c0: usize, i0: usize) {
+                let co = panel.co;
                 unsafe {
                     let mut acc = [[$zero(); NV]; PB];
-                    for v in 0..NV {
-                        let b = $load(row.bias.wrapping_add(c0 + v * LANES));
-                        for pixel in acc.iter_mut() {
-                            pixel[v] = b;
+                    let mut init = panel.init.wrapping_add(i0 * panel.init_row + c0);
+                    for row in acc.iter_mut() {
+                        for (v, value) in row.iter_mut().enumerate() {
+                            *value = $load(init.wrapping_add(v * LANES));
                         }
+                        init = init.wrapping_add(panel.init_row);
                     }
-                    // For a fixed dy the three dx taps of all channels are 3 ci consecutive
-                    // inputs, and 3 ci consecutive weight rows.
-                    for dy in 0..3 {
-                        let mut x = row.x.wrapping_add((dy * row.w + xo) * ci);
-                        let mut weight = row.weight.wrapping_add(dy * taps * co + c0);
-                        for _ in 0..taps {
-                            let mut wv = [$zero(); NV];
-                            for (v, wv) in wv.iter_mut().enumerate() {
-                                *wv = $load(weight.wrapping_add(v * LANES));
+                    for segment in 0..panel.segments {
+                        let mut a = panel.a[segment].wrapping_add(i0 * panel.a_row);
+                        let mut b = panel.b[segment].wrapping_add(c0);
+                        for _ in 0..panel.steps {
+                            let mut bv = [$zero(); NV];
+                            for (v, bv) in bv.iter_mut().enumerate() {
+                                *bv = $load(b.wrapping_add(v * LANES));
                             }
-                            let mut input = x;
-                            for pixel in acc.iter_mut() {
-                                let value = $broadcast(_mm_load_ss(input));
+                            let mut a_row = a;
+                            for row in acc.iter_mut() {
+                                let value = $broadcast(_mm_load_ss(a_row));
                                 for v in 0..NV {
-                                    pixel[v] = $fma(value, wv[v], pixel[v]);
+                                    row[v] = $fma(value, bv[v], row[v]);
                                 }
-                                input = input.wrapping_add(ci);
+                                a_row = a_row.wrapping_add(panel.a_row);
                             }
-                            x = x.wrapping_add(1);
-                            weight = weight.wrapping_add(co);
+                            a = a.wrapping_add(panel.a_step);
+                            b = b.wrapping_add(co);
                         }
                     }
-                    let mut out = row.out.wrapping_add(xo * co + c0);
-                    for pixel in acc.iter() {
-                        for (v, value) in pixel.iter().enumerate() {
+                    let mut out = panel.out.wrapping_add(i0 * co + c0);
+                    for row in acc.iter() {
+                        for (v, value) in row.iter().enumerate() {
                             $store(out.wrapping_add(v * LANES), *value);
                         }
                         out = out.wrapping_add(co);
@@ -280,6 +346,62 @@ mod tests {
                         &row,
                         &expected[y * row_len..][..row_len],
                         &format!("{isa:?} ci {ci} co {co} w {w} row {y}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The weight gradient on every instruction set here, added onto existing values,
+    /// against the sums written out term by term.
+    #[test]
+    fn weight_gradients_match_the_sums_they_stand_for() {
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|isa| isa.supports(16))
+            .collect();
+        for isa in isas {
+            for (ci, co, h, w) in [(1, 16, 5, 7), (3, 32, 6, 9), (32, 32, 5, 8), (5, 48, 4, 6)] {
+                if !isa.supports(co) {
+                    continue;
+                }
+                let x = image(h, w, ci);
+                let (ho, wo) = (h - 2, w - 2);
+                let dz: Vec<f32> = (0..ho * wo * co)
+                    .map(|i| ((i * 11) % 7) as f32 * 0.1 - 0.3)
+                    .collect();
+                let before: Vec<f32> = (0..9 * ci * co).map(|i| (i % 5) as f32).collect();
+                let mut expected: Vec<f64> = before.iter().map(|v| *v as f64).collect();
+                for y in 0..ho {
+                    for xo in 0..wo {
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                for i in 0..ci {
+                                    for o in 0..co {
+                                        expected[((dy * 3 + dx) * ci + i) * co + o] +=
+                                            x[((y + dy) * w + xo + dx) * ci + i] as f64
+                                                * dz[(y * wo + xo) * co + o] as f64;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                // dz over the full width, as the backward pass lays it out.
+                let m = ho * w - 2;
+                let mut full = vec![0f32; m * co];
+                for y in 0..ho {
+                    for xo in 0..wo {
+                        full[(y * w + xo) * co..][..co]
+                            .copy_from_slice(&dz[(y * wo + xo) * co..][..co]);
+                    }
+                }
+                let mut dw = before.clone();
+                add_weight_gradient(ci, co, isa, &x, w, &full, &mut dw);
+                for (j, (a, b)) in dw.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (*a as f64 - b).abs() < 1e-3,
+                        "{isa:?} ci {ci} co {co}: dw[{j}] {a} vs {b}"
                     );
                 }
             }
