@@ -4,7 +4,7 @@
 
 use multiversion::multiversion;
 
-/// e^x for x <= 0 (inputs below -87 give 0): range reduction to r in [-ln2/2, ln2/2], a
+/// e^x for x <= 0 (inputs below -87 are taken as -87): range reduction to r in [-ln2/2, ln2/2], a
 /// degree-6 polynomial, and the power of two put in the exponent bits. Relative error
 /// about 2e-7.
 #[inline(always)]
@@ -36,7 +36,8 @@ fn exp_nonpositive(x: f32) -> f32 {
 #[inline(always)]
 pub fn elu(x: f32) -> f32 {
     let exp_minus_one = exp_nonpositive(if x < 0.0 { x } else { 0.0 }) - 1.0;
-    if x > 0.0 { x } else { exp_minus_one }
+    // NaN stays NaN.
+    if x <= 0.0 { exp_minus_one } else { x }
 }
 
 /// ELU in place, vectorised for the widest instruction set the CPU has (x86-64 builds
@@ -73,6 +74,7 @@ mod tests {
         assert_eq!(elu(2.5), 2.5);
         assert_eq!(elu(0.0), 0.0);
         assert_eq!(elu(1e-30), 1e-30);
+        assert!(elu(f32::NAN).is_nan());
         // Every instruction set's loop gives the scalar function's values.
         let x: Vec<f32> = (0..1000).map(|i| (i as f32 - 600.0) * 0.05).collect();
         let mut fast = x.clone();

@@ -1,5 +1,7 @@
-//! 3x3 convolution without padding on channels-last images (`h x w x c`, row-major), as
-//! three matrix products and no im2col copy.
+//! 3x3 convolution without padding on channels-last images (`h x w x c`, row-major): forward,
+//! weight and input gradients. The sums run on the direct SIMD kernel of `direct.rs` where the
+//! CPU and the channel count allow it; elsewhere they are three matrix products, with no
+//! im2col copy:
 //!
 //! Output pixel p = y * w + x (over the input's full width) reads input pixels
 //! p + dy * w + dx. For a fixed dy, the three dx taps of all channels of pixel p are the
@@ -96,8 +98,7 @@ fn full_rows(h: usize, w: usize) -> usize {
 }
 
 /// Convolves one image: `x` is `h x w x ci`, `out` receives `(h-2) x (w-2) x co`. Each
-/// output row's values (bias added) then go through `epilogue`, while still in cache. The direct SIMD kernel
-/// runs where the CPU and `co` allow it, the three matrix products elsewhere.
+/// output row's values (bias added) then go through `epilogue`, while still in cache.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_image(
     conv: &Conv3x3,

@@ -1,7 +1,7 @@
 //! The 3x3 convolution's sums as a direct SIMD kernel, for CPUs with AVX-512 or AVX2 and FMA:
 //! the forward pass (one output row at a time) and the weight gradient of training. A block
-//! of up to 24 rows of sums, each over up to four vectors of output channels, stays in
-//! registers while the terms stream past: nothing is packed, partial sums never go back to
+//! of rows of sums (3 to 24 rows of one to four vectors of output channels, as many as the
+//! registers hold) stays in registers while the terms stream past: nothing is packed, partial sums never go back to
 //! memory, and each result is written once. The matrix products of `conv.rs` compute the
 //! same sums where this kernel does not apply (another CPU, or co not a multiple of 8).
 //!
@@ -13,6 +13,7 @@ use super::conv::Conv3x3;
 /// A panel of sums, as raw pointers into checked slices:
 /// `out[i][c] = init[i][c] + sum over segments s and steps t of a_s[i * a_row + t * a_step] *
 /// b_s[t * co + c]`, for rows i < `rows` and channels c < `co`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Panel {
     /// Up to three segments summed into the same results (the three dy of a convolution).
     a: [*const f32; 3],
@@ -73,15 +74,16 @@ impl Isa {
 pub fn forward_row(conv: &Conv3x3, isa: Isa, x: &[f32], w: usize, y: usize, out_row: &mut [f32]) {
     let (ci, co) = (conv.ci, conv.co);
     assert!(w >= 3, "a 3x3 valid convolution needs at least 3 columns");
+    // Checked products: the sizes are public fields, and overflow checks are off.
     assert!(
-        (y + 3) * w * ci <= x.len(),
+        extent(&[y + 3, w, ci]) <= x.len(),
         "direct convolution: input rows out of bounds"
     );
     assert!(
-        (w - 2) * co <= out_row.len(),
+        extent(&[w - 2, co]) <= out_row.len(),
         "direct convolution: output row out of bounds"
     );
-    assert!(conv.weight.len() == 9 * ci * co && conv.bias.len() == co);
+    assert!(conv.weight.len() == extent(&[9, ci, co]) && conv.bias.len() == co);
     // Output pixel i, dy: the 3 ci inputs from pixel (y + dy, i) on (the three dx taps of
     // all channels) against the 3 ci weight rows of dy.
     let taps = 3 * ci;
@@ -116,41 +118,54 @@ pub fn add_weight_gradient(
     dz: &[f32],
     dw: &mut [f32],
 ) {
+    assert!(
+        co > 0 && dz.len().is_multiple_of(co),
+        "weight gradient: dz is not m x co"
+    );
     let m = dz.len() / co;
     let taps = 3 * ci;
     assert!(
-        m > 0 && dz.len() == m * co,
-        "weight gradient: dz is not m x co"
-    );
-    assert!(
-        (m + 2 * w + 2) * ci <= x.len(),
+        m > 0 && extent(&[m + 2 * w + 2, ci]) <= x.len(),
         "weight gradient: input out of bounds"
     );
     assert_eq!(
         dw.len(),
-        9 * ci * co,
+        extent(&[9, ci, co]),
         "weight gradient: dw is not 9 ci x co"
     );
+    // The pixels in runs of STEPS: shorter sums round better, and a run's inputs and output
+    // gradients stay in cache while every block of rows reads them.
+    const STEPS: usize = 1024;
     for dy in 0..3 {
         let dw_dy = dw[dy * taps * co..].as_mut_ptr();
-        let panel = Panel {
-            a: [x[dy * w * ci..].as_ptr(); 3],
-            b: [dz.as_ptr(); 3],
-            segments: 1,
-            a_row: 1,
-            a_step: ci,
-            steps: m,
-            rows: taps,
-            co,
-            init: dw_dy,
-            init_row: co,
-            out: dw_dy,
-        };
-        // SAFETY: the largest input index is dy w ci + 3 ci - 1 + (m - 1) ci
-        // < (m + 2 w + 2) ci, the largest dz index m co - 1, the largest dw index
-        // 9 ci co - 1: all checked. Each result is read (init) before it is written.
-        unsafe { run(isa, &panel) };
+        for t0 in (0..m).step_by(STEPS) {
+            let panel = Panel {
+                a: [x[(dy * w + t0) * ci..].as_ptr(); 3],
+                b: [dz[t0 * co..].as_ptr(); 3],
+                segments: 1,
+                a_row: 1,
+                a_step: ci,
+                steps: STEPS.min(m - t0),
+                rows: taps,
+                co,
+                init: dw_dy,
+                init_row: co,
+                out: dw_dy,
+            };
+            // SAFETY: the largest input index is dy w ci + 3 ci - 1 + (m - 1) ci
+            // < (m + 2 w + 2) ci, the largest dz index m co - 1, the largest dw index
+            // 9 ci co - 1: all checked. Each result is read (init) before it is written.
+            unsafe { run(isa, &panel) };
+        }
     }
+}
+
+/// The product of `sizes`, or a panic when it overflows.
+fn extent(sizes: &[usize]) -> usize {
+    sizes
+        .iter()
+        .try_fold(1usize, |product, &s| product.checked_mul(s))
+        .expect("direct convolution: sizes overflow")
 }
 
 /// SAFETY: `panel`'s pointers cover the indices its sizes reach.
@@ -174,7 +189,8 @@ unsafe fn run(isa: Isa, panel: &Panel) {
 }
 
 /// One kernel per instruction set, the same code over its vector type: `$lanes` floats a
-/// vector, `$registers` accumulators at most (leaving room for the b row and a broadcast).
+/// vector, about `$registers` accumulators (of 32 vector registers with AVX-512, 16 with
+/// AVX2; the b row can also be read by the multiply-adds straight from memory).
 macro_rules! kernel {
     ($isa:ident, $feature:literal, $lanes:literal, $registers:literal,
      $zero:ident, $load:ident, $broadcast:ident, $fma:ident, $store:ident) => {
@@ -199,7 +215,8 @@ macro_rules! kernel {
                             4 => chunk::<4, { $registers / 4 }>(panel, c0),
                             3 => chunk::<3, { $registers / 3 }>(panel, c0),
                             2 => chunk::<2, { $registers / 2 }>(panel, c0),
-                            _ => chunk::<1, { $registers }>(panel, c0),
+                            1 => chunk::<1, { $registers }>(panel, c0),
+                            _ => unreachable!("co is a multiple of the vector width"),
                         }
                     }
                     c0 += vectors * LANES;
@@ -213,6 +230,12 @@ macro_rules! kernel {
                     unsafe { block::<NV, PB>(panel, c0, i0) };
                     i0 += PB;
                 }
+                // The rest in blocks of four, then one by one: a single row's sums form one
+                // dependent chain per vector, which leaves the multipliers idle.
+                while PB > 4 && i0 + 4 <= panel.rows {
+                    unsafe { block::<NV, 4>(panel, c0, i0) };
+                    i0 += 4;
+                }
                 while i0 < panel.rows {
                     unsafe { block::<NV, 1>(panel, c0, i0) };
                     i0 += 1;
@@ -220,8 +243,8 @@ macro_rules! kernel {
             }
 
             /// Rows `i0..i0 + PB`, channels `c0..c0 + NV * LANES`. Addresses advance by
-            /// wrapping pointer steps and loads go through intrinsics, so that no checked
-            /// arithmetic can slip into the loop.
+            /// wrapping pointer steps because after the last step they point past the
+            /// slices (never read there), where `add` would be undefined behaviour.
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn block<const NV: usize, const PB: usize>(panel: &Panel, c0: usize, i0: usize) {
@@ -331,6 +354,9 @@ mod tests {
                 (16, 48, 3, 3),
                 (5, 96, 4, 28),
                 (2, 160, 3, 7),
+                (4, 8, 5, 19),
+                (3, 24, 4, 9),
+                (2, 40, 3, 6),
             ] {
                 if !isa.supports(co) {
                     continue;
@@ -361,7 +387,14 @@ mod tests {
             .filter(|isa| isa.supports(16))
             .collect();
         for isa in isas {
-            for (ci, co, h, w) in [(1, 16, 5, 7), (3, 32, 6, 9), (32, 32, 5, 8), (5, 48, 4, 6)] {
+            for (ci, co, h, w) in [
+                (1, 16, 5, 7),
+                (3, 32, 6, 9),
+                (32, 32, 5, 8),
+                (5, 48, 4, 6),
+                (2, 8, 4, 5),
+                (3, 24, 40, 41),
+            ] {
                 if !isa.supports(co) {
                     continue;
                 }
@@ -435,6 +468,20 @@ mod tests {
         assert!(
             past_the_end.is_err(),
             "row 2 of a 4-row image needs rows 2..5"
+        );
+        // Sizes whose products wrap around must not pass the checks either.
+        let absurd = Conv3x3 {
+            ci: (1 << 60) + 1,
+            co: 16,
+            weight: vec![0.0; 144],
+            bias: vec![0.0; 16],
+        };
+        let wrapped = std::panic::catch_unwind(move || {
+            forward_row(&absurd, isa, &[0.0; 48], 16, 0, &mut [0.0; 14 * 16]);
+        });
+        assert!(
+            wrapped.is_err(),
+            "a wrapped-around size passed the bounds checks"
         );
     }
 }

@@ -120,6 +120,7 @@ fn normalise_and_activate(
     beta: &[f32],
 ) {
     let co = mean.len();
+    assert!(z.len() == out.len() && z.len().is_multiple_of(co));
     for (zp, op) in z.chunks_exact_mut(co).zip(out.chunks_exact_mut(co)) {
         let statistics = mean.iter().zip(inv_std);
         let affine = gamma.iter().zip(beta);
@@ -134,6 +135,7 @@ fn normalise_and_activate(
 /// Adds each channel's values to `s` and their squares to `s2` (in f64).
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
 fn add_channel_sums(values: &[f32], s: &mut [f64], s2: &mut [f64]) {
+    assert!(values.len().is_multiple_of(s.len()) && s.len() == s2.len());
     for px in values.chunks_exact(s.len()) {
         for ((s, s2), v) in s.iter_mut().zip(s2.iter_mut()).zip(px) {
             let v = *v as f64;
@@ -146,6 +148,7 @@ fn add_channel_sums(values: &[f32], s: &mut [f64], s2: &mut [f64]) {
 /// The gradient through ELU, from its output: `d *= ELU'`.
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
 fn elu_backward(d: &mut [f32], outputs: &[f32]) {
+    assert_eq!(d.len(), outputs.len());
     for (d, a) in d.iter_mut().zip(outputs) {
         *d *= elu_derivative_from_output(*a);
     }
@@ -155,6 +158,7 @@ fn elu_backward(d: &mut [f32], outputs: &[f32]) {
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
 fn add_gradient_sums(d: &[f32], xh: &[f32], s: &mut [f64], sx: &mut [f64]) {
     let co = s.len();
+    assert!(d.len() == xh.len() && d.len().is_multiple_of(co) && sx.len() == co);
     for (dp, xp) in d.chunks_exact(co).zip(xh.chunks_exact(co)) {
         for (((s, sx), d), x) in s.iter_mut().zip(sx.iter_mut()).zip(dp).zip(xp) {
             *s += *d as f64;
@@ -175,6 +179,7 @@ fn batch_norm_backward(
     slope: &[f32],
 ) {
     let co = inv_std.len();
+    assert!(d.len() == xh.len() && d.len().is_multiple_of(co));
     for (dp, xp) in d.chunks_exact_mut(co).zip(xh.chunks_exact(co)) {
         let per_channel = inv_std.iter().zip(gamma).zip(shift.iter().zip(slope));
         for ((d, x), ((s, g), (shift, slope))) in dp.iter_mut().zip(xp).zip(per_channel) {
