@@ -117,33 +117,41 @@ pub fn forward_image(
     let co = conv.co;
     let (ho, wo) = (h - 2, w - 2);
     let out = &mut out[..ho * wo * co];
-    match Isa::best_for(co) {
-        Some(isa) => {
-            let row = |(y, dst): (usize, &mut [f32])| {
-                direct::forward_row(conv, isa, x, w, y, dst);
-                epilogue(dst);
-            };
-            if threads > 1 {
-                out.par_chunks_mut(wo * co).enumerate().for_each(row);
-            } else {
-                out.chunks_mut(wo * co).enumerate().for_each(row);
+    let isa = Isa::best_for(co);
+    if isa.is_none() {
+        full_width_products(conv, x, h, w, scratch, threads);
+    }
+    let scratch = &scratch[..];
+    let row = |(y, dst): (usize, &mut [f32])| {
+        match isa {
+            Some(isa) => direct::forward_row(conv, isa, x, w, y, dst),
+            None => {
+                for (xo, pixel) in dst.chunks_mut(co).enumerate() {
+                    let src = &scratch[(y * w + xo) * co..][..co];
+                    for ((d, s), b) in pixel.iter_mut().zip(src).zip(&conv.bias) {
+                        *d = s + b;
+                    }
+                }
             }
         }
-        None => forward_image_by_products(conv, x, h, w, out, scratch, threads, epilogue),
+        epilogue(dst);
+    };
+    if threads > 1 {
+        out.par_chunks_mut(wo * co).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(wo * co).enumerate().for_each(row);
     }
 }
 
-/// [`forward_image`] as three matrix products over a full-width scratch.
-#[allow(clippy::too_many_arguments)]
-fn forward_image_by_products(
+/// The convolution as three matrix products into `scratch` (`m x co` over the input's full
+/// width, no bias), for CPUs and channel counts the direct kernel does not cover.
+fn full_width_products(
     conv: &Conv3x3,
     x: &[f32],
     h: usize,
     w: usize,
-    out: &mut [f32],
     scratch: &mut Vec<f32>,
     threads: usize,
-    epilogue: &(impl Fn(&mut [f32]) + Sync),
 ) {
     let (ci, co) = (conv.ci, conv.co);
     let m = full_rows(h, w);
@@ -166,22 +174,6 @@ fn forward_image_by_products(
             View::rows(dy * k * co, co),
             threads,
         );
-    }
-    let wo = w - 2;
-    let scratch = &scratch[..];
-    let row = |(y, dst): (usize, &mut [f32])| {
-        for (xo, pixel) in dst.chunks_mut(co).enumerate() {
-            let src = &scratch[(y * w + xo) * co..][..co];
-            for ((d, s), b) in pixel.iter_mut().zip(src).zip(&conv.bias) {
-                *d = s + b;
-            }
-        }
-        epilogue(dst);
-    };
-    if threads > 1 {
-        out.par_chunks_mut(wo * co).enumerate().for_each(row);
-    } else {
-        out.chunks_mut(wo * co).enumerate().for_each(row);
     }
 }
 

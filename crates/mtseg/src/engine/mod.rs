@@ -1,5 +1,6 @@
 //! mtseg's own CPU kernels for the triplanar network: forward and backward for training,
-//! and fused, batch-norm-folded inference, on the `gemm` crate with rayon. The burn network
+//! and fused, batch-norm-folded inference; the convolutions on a SIMD kernel of our own
+//! (`direct`), the dense layers on the `gemm` crate, both cores through rayon. The burn network
 //! holds the weights and is the reference the kernels are tested against; on the CPU these
 //! kernels are the one path users run.
 
