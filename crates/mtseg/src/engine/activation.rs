@@ -4,9 +4,9 @@
 
 use multiversion::multiversion;
 
-/// e^x for x <= 0 (inputs below -87 are taken as -87): range reduction to r in [-ln2/2, ln2/2], a
-/// degree-6 polynomial, and the power of two put in the exponent bits. Relative error
-/// about 2e-7.
+/// e^x for x <= 0 (inputs below -87 are taken as -87): range reduction to r in
+/// [-ln2/2, ln2/2], a degree-6 polynomial, and the power of two put in the exponent bits.
+/// Relative error about 2e-7.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;

@@ -132,15 +132,18 @@ fn normalise_and_activate(
     }
 }
 
-/// Adds each channel's values to `s` and their squares to `s2` (in f64).
+/// Per channel of channels-last `a` and `b`: adds the values of `a` to `sums` and the
+/// products `a * b` to `products`, in f64 (batch-norm statistics with `b = a`, and the sums
+/// of its backward pass).
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
-fn add_channel_sums(values: &[f32], s: &mut [f64], s2: &mut [f64]) {
-    assert!(values.len().is_multiple_of(s.len()) && s.len() == s2.len());
-    for px in values.chunks_exact(s.len()) {
-        for ((s, s2), v) in s.iter_mut().zip(s2.iter_mut()).zip(px) {
-            let v = *v as f64;
-            *s += v;
-            *s2 += v * v;
+fn add_channel_sums(a: &[f32], b: &[f32], sums: &mut [f64], products: &mut [f64]) {
+    let co = sums.len();
+    assert!(a.len() == b.len() && a.len().is_multiple_of(co) && products.len() == co);
+    for (ap, bp) in a.chunks_exact(co).zip(b.chunks_exact(co)) {
+        for (((s, p), a), b) in sums.iter_mut().zip(products.iter_mut()).zip(ap).zip(bp) {
+            let a = *a as f64;
+            *s += a;
+            *p += a * *b as f64;
         }
     }
 }
@@ -151,19 +154,6 @@ fn elu_backward(d: &mut [f32], outputs: &[f32]) {
     assert_eq!(d.len(), outputs.len());
     for (d, a) in d.iter_mut().zip(outputs) {
         *d *= elu_derivative_from_output(*a);
-    }
-}
-
-/// Per channel: the sum of the gradients `d` and of `d * xh` (in f64).
-#[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
-fn add_gradient_sums(d: &[f32], xh: &[f32], s: &mut [f64], sx: &mut [f64]) {
-    let co = s.len();
-    assert!(d.len() == xh.len() && d.len().is_multiple_of(co) && sx.len() == co);
-    for (dp, xp) in d.chunks_exact(co).zip(xh.chunks_exact(co)) {
-        for (((s, sx), d), x) in s.iter_mut().zip(sx.iter_mut()).zip(dp).zip(xp) {
-            *s += *d as f64;
-            *sx += (d * x) as f64;
-        }
     }
 }
 
@@ -195,7 +185,7 @@ fn channel_sums(values: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>) {
         .map(|part| {
             let mut s = vec![0f64; channels];
             let mut s2 = vec![0f64; channels];
-            add_channel_sums(part, &mut s, &mut s2);
+            add_channel_sums(part, part, &mut s, &mut s2);
             (s, s2)
         })
         .collect();
@@ -253,7 +243,7 @@ fn branch_backward(
             .map(|(d, xh)| {
                 let mut s = vec![0f64; co];
                 let mut sx = vec![0f64; co];
-                add_gradient_sums(d, xh, &mut s, &mut sx);
+                add_channel_sums(d, xh, &mut s, &mut sx);
                 (s, sx)
             })
             .collect();
