@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use mtseg::engine::ParamStore;
-use mtseg::model::Model;
+use mtseg::model::{Model, Network};
 
 fn mtseg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mtseg"))
@@ -62,8 +62,10 @@ fn train_args<'a>(data: &'a Path, config: &'a Path, out: &'a Path) -> Vec<String
 }
 
 fn weights(model: &Path) -> Vec<(String, Vec<f32>)> {
-    let model = Model::load_cpu(model).unwrap();
-    ParamStore::read(&model.net)
+    let Network::Triplanar(net) = Model::load_cpu(model).unwrap().net else {
+        panic!("these runs train the triplanar network")
+    };
+    ParamStore::read(&net)
         .tensors
         .into_iter()
         .map(|(path, t)| (path, t.values))

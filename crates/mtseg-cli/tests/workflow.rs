@@ -1,6 +1,6 @@
 //! End-to-end tests of the paper's workflow on generated phantoms: train, segment (files and
-//! folders, with and without a task), evaluate, overlay, experiment (with resume), demo, and
-//! the shipped model used when no --model is given.
+//! folders, with and without a task), evaluate, overlay, experiment (with resume), demo, the
+//! U-Net architecture, and the shipped model used when no --model is given.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +40,38 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+fn train(datasets: &[&Path], run: &Path, config: &Path, iterations: usize) {
+    let iterations = iterations.to_string();
+    let mut args = vec!["-q", "train", "--datasets"];
+    args.extend(datasets.iter().map(|d| s(d)));
+    args.extend([
+        "--out",
+        s(run),
+        "--config",
+        s(config),
+        "--iterations",
+        &iterations,
+    ]);
+    ok(&args);
+}
+
+/// For every scan of `scans`: its case name, its label map in `pred` (checked to lie on the
+/// scan's grid) and its sidecar.
+fn predictions(scans: &Path, pred: &Path) -> Vec<(String, mtseg::io::LabelMap, serde_json::Value)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(scans).unwrap() {
+        let image_path = entry.unwrap().path();
+        let name = image_path.file_name().unwrap().to_str().unwrap();
+        let case = name.strip_suffix("_0000.nii.gz").unwrap().to_string();
+        let image = mtseg::io::read_image(&image_path).unwrap();
+        let labels = mtseg::io::read_labels(&pred.join(format!("{case}.nii.gz"))).unwrap();
+        assert_eq!(labels.grid, image.grid, "{case}");
+        let side = sidecar(&pred.join(format!("{case}.json")));
+        found.push((case, labels, side));
+    }
+    found
+}
+
 fn sidecar(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -49,19 +81,7 @@ fn train_then_segment_then_evaluate_then_overlay() {
     let dir = tempfile::tempdir().unwrap();
     let (brain, breast, config) = setup(dir.path());
     let run = dir.path().join("run");
-    ok(&[
-        "-q",
-        "train",
-        "--datasets",
-        s(&brain),
-        s(&breast),
-        "--out",
-        s(&run),
-        "--config",
-        s(&config),
-        "--iterations",
-        "30",
-    ]);
+    train(&[&brain, &breast], &run, &config, 30);
     for file in ["model.mtseg", "checkpoint.mtseg", "log.csv", "curves.png"] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
@@ -104,14 +124,7 @@ fn train_then_segment_then_evaluate_then_overlay() {
                 .collect::<Vec<_>>()
         ),
     };
-    for entry in std::fs::read_dir(brain.join("imagesTr")).unwrap() {
-        let image_path = entry.unwrap().path();
-        let name = image_path.file_name().unwrap().to_str().unwrap();
-        let case = name.strip_suffix("_0000.nii.gz").unwrap();
-        let image = mtseg::io::read_image(&image_path).unwrap();
-        let labels = mtseg::io::read_labels(&pred.join(format!("{case}.nii.gz"))).unwrap();
-        assert_eq!(labels.grid, image.grid, "{case}");
-        let side = sidecar(&pred.join(format!("{case}.json")));
+    for (case, labels, side) in predictions(&brain.join("imagesTr"), &pred) {
         assert_eq!(side["task"], "PhantomBrainMRI");
         assert_eq!(side["label_values"], "dataset");
         assert_eq!(side["postprocessing"], postprocessing);
@@ -187,6 +200,49 @@ fn train_then_segment_then_evaluate_then_overlay() {
         s(&png),
     ]);
     assert!(image::open(&png).unwrap().width() > 24);
+}
+
+/// The U-Net trains through the same command (its loss falls), its model file segments a
+/// folder without a task, and the label maps lie on their inputs' grids.
+#[test]
+fn the_unet_trains_and_segments_on_the_input_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (brain, breast, _) = setup(dir.path());
+    let config = dir.path().join("unet.toml");
+    std::fs::write(
+        &config,
+        "preset = \"unet\"\n[network]\nunet_levels = 2\nunet_width = 4\n\
+         [training]\ncrop = 16\nsamples_per_task = 2\nvalidate_every = 20\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    train(&[&brain, &breast], &run, &config, 40);
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 40);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&losses[30..]) < mean(&losses[..10]), "{losses:?}");
+
+    let pred = dir.path().join("pred");
+    let scans = brain.join("imagesTr");
+    let model = run.join("model.mtseg");
+    ok(&[
+        "-q",
+        "segment",
+        "-i",
+        s(&scans),
+        "-o",
+        s(&pred),
+        "--model",
+        s(&model),
+    ]);
+    for (case, _, side) in predictions(&scans, &pred) {
+        assert_eq!(side["task_selection"], "task head", "{case}");
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use crate::device::Hardware;
 use crate::engine::matmul;
 use crate::error::{Error, Result};
-use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, dense_engine, segment};
+use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, segment, triplanar_engine};
 use crate::model::{
     self, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
     file::FORMAT_VERSION,
@@ -431,7 +431,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
 
     progress("one branch over a 256x256 slice");
     let net = model::init_network(&meta, 3, &device).valid();
-    let (engine, settings) = dense_engine(&net, options.hardware, &device);
+    let (engine, settings) = triplanar_engine(&net, options.hardware, &device);
     let slice = if options.quick { 64 } else { 256 };
     let side = slice + 2 * config.depth;
     let image: Vec<f32> = (0..side * side).map(|_| rng.random::<f32>()).collect();

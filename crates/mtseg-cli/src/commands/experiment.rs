@@ -21,7 +21,7 @@ pub struct Args {
     datasets: Vec<PathBuf>,
     #[arg(long)]
     out: PathBuf,
-    /// Settings: `paper`, `small`, or a JSON/TOML file.
+    /// Settings: `paper`, `small`, `unet`, or a JSON/TOML file.
     #[arg(long, default_value = "small")]
     config: String,
     #[arg(long)]

@@ -2,6 +2,7 @@
 //! sampler that cuts mini-batches of cubes out of them (see [`sampler`]).
 
 pub mod sampler;
+pub mod slices;
 
 use rayon::prelude::*;
 
@@ -10,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::io::{Image, LabelMap};
 use crate::preprocess::{self, Normalization, Prepared, Preprocessing, normalize};
 
-pub use sampler::{BalancedSampler, Batch};
+pub use sampler::{BalancedSampler, Batch, Crops};
 
 /// One preprocessed labelled case: canonical RAS layout, the task's spacing, normalised.
 #[derive(Clone, Debug)]

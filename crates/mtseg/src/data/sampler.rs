@@ -12,6 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::TrainingVolume;
+use super::slices::{self, VolumeView};
+use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{Orientation, OutputLayout, TrainConfig};
 
 /// One mini-batch, task-major: cubes `[t * per_task, (t + 1) * per_task)` belong to task t.
@@ -32,6 +34,20 @@ pub struct Batch {
     pub tasks: Vec<usize>,
     /// Per cube: the class position drawn for its centre (0 background, i class i).
     pub centre_classes: Vec<usize>,
+}
+
+/// One mini-batch for the U-Net, task-major like [`Batch`]: `count` square crops, each a
+/// slice of a random orientation through a drawn voxel, with its neighbours.
+#[derive(Clone, Debug)]
+pub struct Crops {
+    pub count: usize,
+    pub side: usize,
+    /// `count x INPUT_CHANNELS x side x side`.
+    pub images: Vec<f32>,
+    /// Per pixel (`count x side x side`): the training target (see [`OutputLayout::target`]).
+    pub targets: Vec<i64>,
+    /// Per crop: its task.
+    pub tasks: Vec<usize>,
 }
 
 impl Batch {
@@ -130,6 +146,64 @@ impl BalancedSampler {
             }
         }
         batch
+    }
+
+    /// Draws a balanced mini-batch of U-Net crops: per task `samples_per_task` crops centred
+    /// (give or take a quarter of the crop) on voxels of the task's classes in turn, each in
+    /// a random orientation, with the intensity jitter of `config`.
+    pub fn next_crops(
+        &mut self,
+        volumes: &[TrainingVolume],
+        classes_per_task: &[usize],
+        config: &TrainConfig,
+        layout: &OutputLayout,
+    ) -> Crops {
+        let side = config.crop;
+        let count = classes_per_task.len() * config.samples_per_task;
+        let mut crops = Crops {
+            count,
+            side,
+            images: Vec::with_capacity(count * INPUT_CHANNELS * side * side),
+            targets: Vec::with_capacity(count * side * side),
+            tasks: Vec::with_capacity(count),
+        };
+        for (task, &task_classes) in classes_per_task.iter().enumerate() {
+            let of_task: Vec<&TrainingVolume> = volumes.iter().filter(|v| v.task == task).collect();
+            assert!(!of_task.is_empty(), "task {task} has no training volume");
+            let n_classes = task_classes + 1;
+            let start = self.rng.random_range(0..n_classes);
+            for s in 0..config.samples_per_task {
+                let (volume, centre) = self.draw_voxel(&of_task, (start + s) % n_classes);
+                let o = Orientation::ALL[self.rng.random_range(0..3)];
+                let (row_axis, col_axis) = o.plane_axes();
+                let quarter = (side / 4).max(1) as i64;
+                let mut corner = |axis: usize| {
+                    centre[axis] as isize - (side / 2) as isize
+                        + self.rng.random_range(-quarter..quarter) as isize
+                };
+                let window = [corner(row_axis), corner(col_axis)];
+                let slice = centre[o.normal_axis()] as isize;
+                let view = VolumeView {
+                    image: &volume.image,
+                    shape: volume.shape,
+                    pad: volume.pad,
+                };
+                let first = crops.images.len();
+                slices::stack(view, o, slice, window, [side, side], &mut crops.images);
+                let jitter = config.intensity_jitter as f32;
+                let scale = 1.0 + (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
+                let shift = (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
+                for v in &mut crops.images[first..] {
+                    *v = *v * scale + shift;
+                }
+                slices::window_of(volume.shape, o, slice, window, [side, side], |index| {
+                    let joint = index.map_or(0, |i| volume.labels[i]);
+                    crops.targets.push(layout.target(task, joint) as i64);
+                });
+                crops.tasks.push(task);
+            }
+        }
+        crops
     }
 
     /// The patches of the cube of side `k` centred on `centre`, without augmentation (as

@@ -26,7 +26,8 @@ impl BurnEngine {
     }
 }
 
-fn values(t: Tensor<4>) -> Vec<f32> {
+/// A tensor's values (the networks compute in f32).
+pub(crate) fn values(t: Tensor<4>) -> Vec<f32> {
     t.into_data()
         .try_into_vec::<f32>()
         .expect("the network computes in f32")

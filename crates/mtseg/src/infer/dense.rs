@@ -1,4 +1,4 @@
-//! Dense whole-volume inference with the triplanar network run fully convolutionally: each
+//! Dense whole-volume inference, and how the triplanar network runs fully convolutionally: each
 //! orientation's branch over the slices of its plane, the features combined per voxel, the
 //! head over every voxel.
 //!
@@ -32,6 +32,36 @@ pub trait Engine: Sync {
     /// Features of `n` voxels (`n x 3K`, voxel-major) to class logits (`n x channels`) and
     /// task logits (`n x task_channels`), voxel-major.
     fn head(&self, features: Vec<f32>, n: usize) -> (Vec<f32>, Vec<f32>);
+}
+
+/// Receives one slab: `(z0, z1, class logits, task logits)`.
+pub type OnSlab<'a> = dyn FnMut(usize, usize, &[f32], &[f32]) + 'a;
+
+/// What `segment` needs from a network: class and task logits for every voxel, handed over
+/// slab by slab along z (the triplanar engines through [`for_each_slab`], the U-Net through
+/// [`crate::infer::UNetEngine`]).
+pub trait Dense: Sync {
+    /// Class logits per voxel.
+    fn logit_channels(&self) -> usize;
+    /// Task logits per voxel (0 without a task head).
+    fn task_logit_channels(&self) -> usize;
+    /// Calls `on_slab(z0, z1, class logits, task logits)` for slabs covering the volume,
+    /// logits voxel-major, voxels ordered `x + nx * (y + ny * (z - z0))`.
+    fn logits_by_slab(&self, input: &NetworkInput, settings: &DenseSettings, on_slab: &mut OnSlab);
+}
+
+impl<E: Engine + ?Sized> Dense for E {
+    fn logit_channels(&self) -> usize {
+        self.channels()
+    }
+
+    fn task_logit_channels(&self) -> usize {
+        self.task_channels()
+    }
+
+    fn logits_by_slab(&self, input: &NetworkInput, settings: &DenseSettings, on_slab: &mut OnSlab) {
+        for_each_slab(self, input, settings, on_slab)
+    }
 }
 
 /// Limits of one dense run.

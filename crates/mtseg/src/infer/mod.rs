@@ -5,6 +5,7 @@ pub mod burn_engine;
 pub mod dense;
 pub mod pipeline;
 pub mod postprocess;
+pub mod unet_engine;
 
 use serde::Serialize;
 
@@ -12,30 +13,51 @@ use burn::prelude::Device;
 
 use crate::device::Hardware;
 use crate::engine::FoldedNetwork;
-use crate::model::TriplanarNet;
 use crate::model::output::task_probabilities;
-use crate::model::{OutputLayout, OutputMode};
+use crate::model::{Network, OutputLayout, OutputMode, TriplanarNet};
 pub use burn_engine::BurnEngine;
-pub use dense::{DenseSettings, Engine, NetworkInput};
+pub use dense::{Dense, DenseSettings, Engine, NetworkInput};
 pub use pipeline::{SegmentReport, Segmenter, segment_file, sidecar_path};
+pub use unet_engine::UNetEngine;
 
-/// `net` ready to run densely on `hardware`, with the slab and batch sizes that suit it:
-/// mtseg's CPU kernels, or burn on `device` (the GPU; its autodiff, if any, is dropped).
-pub fn dense_engine(
+/// The slab and batch sizes that suit `hardware`.
+fn settings_for(hardware: Hardware) -> DenseSettings {
+    match hardware {
+        Hardware::Cpu => DenseSettings::default(),
+        Hardware::Gpu => DenseSettings::gpu(),
+    }
+}
+
+/// A triplanar network ready to run densely on `hardware`: mtseg's CPU kernels, or burn on
+/// `device` (the GPU; its autodiff, if any, is dropped).
+pub fn triplanar_engine(
     net: &TriplanarNet,
     hardware: Hardware,
     device: &Device,
 ) -> (Box<dyn Engine + Send>, DenseSettings) {
-    match hardware {
-        Hardware::Cpu => (
-            Box::new(FoldedNetwork::from_burn(net)),
-            DenseSettings::default(),
-        ),
-        Hardware::Gpu => (
-            Box::new(BurnEngine::new(net, device.clone().without_autodiff())),
-            DenseSettings::gpu(),
-        ),
-    }
+    let engine: Box<dyn Engine + Send> = match hardware {
+        Hardware::Cpu => Box::new(FoldedNetwork::from_burn(net)),
+        Hardware::Gpu => Box::new(BurnEngine::new(net, device.clone().without_autodiff())),
+    };
+    (engine, settings_for(hardware))
+}
+
+/// `net` ready to run densely on `hardware`, with the slab and batch sizes that suit it: the
+/// triplanar network as [`triplanar_engine`], the U-Net through burn on `device` (burn's
+/// Flex backend on the CPU).
+pub fn dense_engine(
+    net: &Network,
+    hardware: Hardware,
+    device: &Device,
+) -> (Box<dyn Dense + Send>, DenseSettings) {
+    let engine: Box<dyn Dense + Send> = match (net, hardware) {
+        (Network::Triplanar(n), Hardware::Cpu) => Box::new(FoldedNetwork::from_burn(n)),
+        (Network::Triplanar(n), Hardware::Gpu) => {
+            Box::new(BurnEngine::new(n, device.clone().without_autodiff()))
+        }
+        (Network::UNet(n), _) => Box::new(UNetEngine::new(n, device.clone().without_autodiff())),
+    };
+    (engine, settings_for(hardware))
 }
 
 /// Which classes compete for each voxel.
@@ -70,7 +92,7 @@ pub struct Recognition {
 }
 
 /// Segments a volume in network layout.
-pub fn segment<E: Engine + ?Sized>(
+pub fn segment<E: Dense + ?Sized>(
     engine: &E,
     layout: &OutputLayout,
     input: &NetworkInput,
@@ -78,7 +100,7 @@ pub fn segment<E: Engine + ?Sized>(
     settings: &DenseSettings,
 ) -> Segmentation {
     let total: usize = input.shape.iter().product();
-    let c = engine.channels();
+    let c = engine.logit_channels();
     // Candidate groups: one decision per group and voxel; per-task mode without a task keeps
     // every task's decision until the task head has seen the whole volume.
     let groups: Vec<Vec<usize>> = match (choice, layout.mode) {
@@ -88,10 +110,10 @@ pub fn segment<E: Engine + ?Sized>(
     };
     let mut labels = vec![vec![0u16; total]; groups.len()];
     let mut probability = vec![vec![0f32; total]; groups.len()];
-    let tc = engine.task_channels();
+    let tc = engine.task_logit_channels();
     let mut task_sums = vec![0f64; tc];
     let [nx, ny, _] = input.shape;
-    dense::for_each_slab(engine, input, settings, |z0, z1, logits, task_logits| {
+    engine.logits_by_slab(input, settings, &mut |z0, z1, logits, task_logits| {
         let n = nx * ny * (z1 - z0);
         let offset = nx * ny * z0;
         for v in 0..n {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::postprocess::keep_largest_component;
 use super::{
-    DenseSettings, Engine, NetworkInput, Recognition, Segmentation, TaskChoice, dense_engine,
+    Dense, DenseSettings, NetworkInput, Recognition, Segmentation, TaskChoice, dense_engine,
     segment,
 };
 use crate::datasets::Modality;
@@ -23,7 +23,7 @@ use crate::preprocess::{self, Preprocessing, normalize::percentiles};
 /// A model ready to segment, on the CPU kernels or on a GPU.
 pub struct Segmenter {
     pub meta: ModelMeta,
-    pub engine: Box<dyn Engine + Send>,
+    pub engine: Box<dyn Dense + Send>,
     pub settings: DenseSettings,
     pub source: PathBuf,
     /// Keep only each task's largest connected object ([`keep_largest_component`]) for the

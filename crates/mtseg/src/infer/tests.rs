@@ -14,7 +14,7 @@ use crate::test_support::{tiny_network, two_task_meta};
 fn segmenter() -> Segmenter {
     let meta = two_task_meta(tiny_network(), &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
     // A seed whose random network gives several labels on `ras_image` (the tests check it).
-    let net = model::init_network(&meta, 1, &Device::flex()).valid();
+    let net = model::Network::init(&meta, 1, &Device::flex()).valid();
     let mut segmenter =
         Segmenter::new(Model { meta, net }, Path::new("test.mtseg"), Hardware::Cpu).unwrap();
     // A random network's labels are scattered: these tests are about geometry, so they keep

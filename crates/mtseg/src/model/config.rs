@@ -24,9 +24,23 @@ impl OutputMode {
     }
 }
 
-/// The network's sizes. The receptive field of each orientation is `1 + 2 * depth`.
+/// Which network segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// The paper's network: three orthogonal patches, valid convolutions, a shared head.
+    Triplanar,
+    /// A 2.5-D U-Net (see [`crate::model::unet`]): whole slices with their neighbours, run
+    /// over all three orientations and averaged. Stronger on the real brain data.
+    UNet,
+}
+
+/// The network's sizes. The triplanar network's receptive field per orientation is
+/// `1 + 2 * depth`; `unet_*` size the U-Net.
 #[derive(Config, Debug, PartialEq)]
 pub struct NetworkConfig {
+    #[config(default = "Architecture::Triplanar")]
+    pub architecture: Architecture,
     /// Convolution layers per orientation branch (paper: 25).
     #[config(default = 25)]
     pub depth: usize,
@@ -41,12 +55,23 @@ pub struct NetworkConfig {
     pub dropout: f64,
     #[config(default = "OutputMode::Union")]
     pub output_mode: OutputMode,
+    /// U-Net: resolution levels (one fewer 2x2 poolings).
+    #[config(default = 4)]
+    pub unet_levels: usize,
+    /// U-Net: feature maps at full resolution, doubled at each level below.
+    #[config(default = 16)]
+    pub unet_width: usize,
 }
 
 impl NetworkConfig {
     /// Patch side that gives one output voxel: the receptive field.
     pub fn patch_size(&self) -> usize {
         1 + 2 * self.depth
+    }
+
+    /// U-Net: slice sides must be a multiple of this (one halving per pooling).
+    pub fn unet_multiple(&self) -> usize {
+        1 << (self.unet_levels.max(1) - 1)
     }
 }
 
@@ -105,6 +130,10 @@ pub struct TrainConfig {
     /// Augmentation: mirror left-right (only for anatomy that is left-right symmetric).
     #[config(default = false)]
     pub flip_left_right: bool,
+    /// U-Net: side of the square crops it trains on (a multiple of `unet_multiple`); a
+    /// sample is one crop through the drawn voxel, and `tile` is not used.
+    #[config(default = 96)]
+    pub crop: usize,
     #[config(default = 1)]
     pub seed: u64,
 }
@@ -151,13 +180,29 @@ impl Preset {
         }
     }
 
-    /// `paper`, `small`, or a JSON/TOML file whose fields override the `small` preset
+    /// The 2.5-D U-Net: four levels from 16 feature maps, crops of 96^2, CE + Dice loss.
+    pub fn unet() -> Self {
+        Preset {
+            network: NetworkConfig::new()
+                .with_architecture(Architecture::UNet)
+                .with_output_mode(OutputMode::PerTask),
+            training: TrainConfig::new()
+                .with_samples_per_task(4)
+                .with_iterations(2000)
+                .with_learning_rate(2e-3)
+                .with_validate_every(250)
+                .with_checkpoint_every(250),
+        }
+    }
+
+    /// `paper`, `small`, `unet`, or a JSON/TOML file whose fields override the `small` preset
     /// (`{"network": {"depth": 12}, "training": {"tile": 4}}`; the base can be chosen with a
     /// top-level `"preset": "paper"`).
     pub fn named_or_file(name: &str) -> Result<Self> {
         match name {
             "paper" => Ok(Preset::paper()),
             "small" => Ok(Preset::small()),
+            "unet" => Ok(Preset::unet()),
             path => Preset::from_file(std::path::Path::new(path)),
         }
     }
@@ -175,10 +220,11 @@ impl Preset {
         let base = match overrides.get("preset").and_then(|p| p.as_str()) {
             Some("paper") => Preset::paper(),
             Some("small") | None => Preset::small(),
+            Some("unet") => Preset::unet(),
             Some(other) => {
                 return Err(Error::invalid(
                     path,
-                    format!("unknown preset '{other}' (paper or small)"),
+                    format!("unknown preset '{other}' (paper, small or unet)"),
                 ));
             }
         };
@@ -216,6 +262,18 @@ impl Preset {
         }
         if t.learning_rate <= 0.0 || !t.learning_rate.is_finite() {
             return Err("learning_rate must be positive".into());
+        }
+        if n.architecture == Architecture::UNet {
+            if n.unet_levels == 0 || n.unet_levels > 6 || n.unet_width == 0 {
+                return Err("unet_levels must be 1 to 6 and unet_width at least 1".into());
+            }
+            if t.crop == 0 || !t.crop.is_multiple_of(n.unet_multiple()) {
+                return Err(format!(
+                    "crop must be a positive multiple of {} for {} U-Net levels",
+                    n.unet_multiple(),
+                    n.unet_levels
+                ));
+            }
         }
         Ok(())
     }

@@ -1,11 +1,12 @@
-//! Stage 5, model: the paper's triplanar network in burn, its configuration and presets, the
-//! meaning of its outputs, and the self-contained model file.
+//! Stage 5, model: the paper's triplanar network and a 2.5-D U-Net in burn, their
+//! configuration and presets, the meaning of their outputs, and the self-contained model file.
 
 pub mod config;
 pub mod file;
 pub mod network;
 pub mod output;
 pub mod shipped;
+pub mod unet;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -15,11 +16,12 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 
-pub use config::{NetworkConfig, OutputMode, Preset, TrainConfig};
+pub use config::{Architecture, NetworkConfig, OutputMode, Preset, TrainConfig};
 pub use file::{ModelFile, ModelMeta, TaskMeta};
 pub use network::{Orientation, TriplanarNet};
 pub use output::OutputLayout;
 pub use shipped::{SHIPPED_MODEL, load_shipped};
+pub use unet::UNet;
 
 use crate::error::{Error, Result};
 
@@ -47,31 +49,20 @@ pub(crate) fn with_seed<R>(device: &Device, seed: u64, draw: impl FnOnce() -> R)
     draw()
 }
 
-/// A freshly initialised network, deterministic for a given seed.
+/// A freshly initialised triplanar network, deterministic for a given seed.
 pub fn init_network(meta: &ModelMeta, seed: u64, device: &Device) -> TriplanarNet {
-    with_seed(device, seed, || {
-        let net = TriplanarNet::new(
-            &meta.network,
-            meta.layout.channels(),
-            meta.tasks.len(),
-            device,
-        );
-        net.visit(&mut Materialise);
-        net
-    })
+    let Network::Triplanar(net) = Network::init(&triplanar(meta), seed, device) else {
+        unreachable!("a triplanar configuration gives a triplanar network")
+    };
+    net
 }
 
-/// The weights of a network as bytes (burn's module record), taken from its evaluation-mode
-/// copy so that batch-norm running statistics are current.
+/// The weights of a triplanar network as bytes ([`weights_to_bytes_of`]).
 pub fn weights_to_bytes(net: &TriplanarNet) -> Result<Vec<u8>> {
-    let record = net.valid().into_record();
-    let bytes = record
-        .into_bytes()
-        .map_err(|e| Error::usage(format!("cannot serialise the weights: {e:?}")))?;
-    Ok(bytes.to_vec())
+    weights_to_bytes_of(net)
 }
 
-/// A network with the given weights, on `device`.
+/// A triplanar network with the given weights, on `device`.
 pub fn network_from_bytes(
     meta: &ModelMeta,
     weights: &[u8],
@@ -84,6 +75,26 @@ pub fn network_from_bytes(
         meta.tasks.len(),
         device,
     );
+    load_weights(net, weights, path)
+}
+
+fn triplanar(meta: &ModelMeta) -> ModelMeta {
+    let mut meta = meta.clone();
+    meta.network.architecture = Architecture::Triplanar;
+    meta
+}
+
+/// The weights of a module as bytes (burn's module record), taken from its evaluation-mode
+/// copy so that batch-norm running statistics are current.
+fn weights_to_bytes_of<M: Module>(net: &M) -> Result<Vec<u8>> {
+    let record = net.valid().into_record();
+    let bytes = record
+        .into_bytes()
+        .map_err(|e| Error::usage(format!("cannot serialise the weights: {e:?}")))?;
+    Ok(bytes.to_vec())
+}
+
+fn load_weights<M: Module>(net: M, weights: &[u8], path: &Path) -> Result<M> {
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(weights.to_vec()))
         .map_err(|e| Error::invalid(path, format!("unreadable weights: {e:?}")))?;
     net.try_load_record(record).map_err(|e| {
@@ -94,10 +105,79 @@ pub fn network_from_bytes(
     })
 }
 
+/// The network a model file describes: the paper's or the U-Net.
+// A handful of these exist at a time, moved once per training step: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Network {
+    Triplanar(TriplanarNet),
+    UNet(UNet),
+}
+
+impl Network {
+    /// Freshly initialised, deterministic for a given seed.
+    pub fn init(meta: &ModelMeta, seed: u64, device: &Device) -> Network {
+        with_seed(device, seed, || {
+            let (outputs, tasks) = (meta.layout.channels(), meta.tasks.len());
+            let net = match meta.network.architecture {
+                Architecture::Triplanar => {
+                    Network::Triplanar(TriplanarNet::new(&meta.network, outputs, tasks, device))
+                }
+                Architecture::UNet => {
+                    Network::UNet(UNet::new(&meta.network, outputs, tasks, device))
+                }
+            };
+            match &net {
+                Network::Triplanar(n) => n.visit(&mut Materialise),
+                Network::UNet(n) => n.visit(&mut Materialise),
+            }
+            net
+        })
+    }
+
+    /// The network `meta` describes with the given weights, on `device`.
+    pub fn from_bytes(
+        meta: &ModelMeta,
+        weights: &[u8],
+        device: &Device,
+        path: &Path,
+    ) -> Result<Network> {
+        Ok(match meta.network.architecture {
+            Architecture::Triplanar => {
+                Network::Triplanar(network_from_bytes(meta, weights, device, path)?)
+            }
+            Architecture::UNet => {
+                let net = UNet::new(
+                    &meta.network,
+                    meta.layout.channels(),
+                    meta.tasks.len(),
+                    device,
+                );
+                Network::UNet(load_weights(net, weights, path)?)
+            }
+        })
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        match self {
+            Network::Triplanar(n) => weights_to_bytes_of(n),
+            Network::UNet(n) => weights_to_bytes_of(n),
+        }
+    }
+
+    /// The evaluation-mode copy (batch-norm running statistics, no dropout, no autodiff).
+    pub fn valid(&self) -> Network {
+        match self {
+            Network::Triplanar(n) => Network::Triplanar(n.valid()),
+            Network::UNet(n) => Network::UNet(n.valid()),
+        }
+    }
+}
+
 /// A trained model ready to segment: metadata and the network in evaluation mode.
 pub struct Model {
     pub meta: ModelMeta,
-    pub net: TriplanarNet,
+    pub net: Network,
 }
 
 impl Model {
@@ -116,7 +196,7 @@ impl Model {
     }
 
     fn from_file(file: ModelFile, path: &Path, device: &Device) -> Result<Model> {
-        let net = network_from_bytes(&file.meta, &file.weights, device, path)?;
+        let net = Network::from_bytes(&file.meta, &file.weights, device, path)?;
         Ok(Model {
             meta: file.meta,
             net: net.valid(),

@@ -197,8 +197,10 @@ fn model_files_round_trip_and_detect_damage() {
         .into_data()
         .try_into_vec()
         .unwrap();
-    let b: Vec<f32> = model
-        .net
+    let Network::Triplanar(loaded) = &model.net else {
+        panic!("a triplanar model file loads a triplanar network")
+    };
+    let b: Vec<f32> = loaded
         .branch(Orientation::Axial)
         .forward(x)
         .into_data()
@@ -222,4 +224,110 @@ fn every_task_keeps_its_largest_object_unless_training_chose_otherwise() {
     assert_eq!(m.largest_component_tasks(), vec![0, 1]);
     m.largest_component = vec![false, true];
     assert_eq!(m.largest_component_tasks(), vec![1]);
+}
+
+fn unet_meta() -> ModelMeta {
+    let network = NetworkConfig::new()
+        .with_architecture(Architecture::UNet)
+        .with_unet_levels(2)
+        .with_unet_width(4)
+        .with_output_mode(OutputMode::PerTask);
+    meta(network)
+}
+
+/// The U-Net engine's logits at a voxel are the mean of the three orientations' logits at
+/// that voxel, each from the slice through it with its neighbours (padded outside).
+#[test]
+fn unet_logits_are_the_mean_of_the_three_orientations() {
+    use crate::data::slices::{VolumeView, stack};
+    use crate::infer::{Dense, UNetEngine};
+    use crate::model::unet::INPUT_CHANNELS;
+
+    let m = unet_meta();
+    let device = Device::flex();
+    let Network::UNet(net) = Network::init(&m, 3, &device).valid() else {
+        panic!("a U-Net configuration gives a U-Net")
+    };
+    let shape = [6, 5, 4];
+    let n: usize = shape.iter().product();
+    let image: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 / 5.0 - 1.0).collect();
+    let input = NetworkInput {
+        image: &image,
+        shape,
+        pad: -1.5,
+    };
+    let engine = UNetEngine::new(&net, device.clone());
+    let mut all = Vec::new();
+    engine.logits_by_slab(&input, &DenseSettings::default(), &mut |_, _, logits, _| {
+        all.extend_from_slice(logits)
+    });
+    let c = engine.logit_channels();
+    assert_eq!(all.len(), n * c);
+    let (x, y, z) = (4, 1, 3);
+    let view = VolumeView {
+        image: &image,
+        shape,
+        pad: -1.5,
+    };
+    let mut expected = vec![0f32; c];
+    for o in Orientation::ALL {
+        let (ra, ca) = o.plane_axes();
+        let at = [x, y, z];
+        // Slices padded to even sides (two levels), the voxel at (row, column) of its plane.
+        let size = [shape[ra].div_ceil(2) * 2, shape[ca].div_ceil(2) * 2];
+        let mut slice = Vec::new();
+        stack(
+            view,
+            o,
+            at[o.normal_axis()] as isize,
+            [0, 0],
+            size,
+            &mut slice,
+        );
+        let t = Tensor::<4>::from_data(
+            TensorData::new(slice, [1, INPUT_CHANNELS, size[0], size[1]]),
+            &device,
+        );
+        let logits: Vec<f32> = net.forward(t).0.into_data().try_into_vec().unwrap();
+        for (k, e) in expected.iter_mut().enumerate() {
+            *e += logits[(k * size[0] + at[ra]) * size[1] + at[ca]] / 3.0;
+        }
+    }
+    let voxel = x + shape[0] * (y + shape[1] * z);
+    for k in 0..c {
+        assert!(
+            (all[voxel * c + k] - expected[k]).abs() < 1e-4,
+            "channel {k}"
+        );
+    }
+}
+
+#[test]
+fn unet_model_files_round_trip() {
+    let m = unet_meta();
+    let device = Device::flex();
+    let net = Network::init(&m, 5, &device);
+    let file = ModelFile {
+        meta: m.clone(),
+        weights: net.to_bytes().unwrap(),
+        optimizer: vec![],
+        trainer_state: vec![],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.mtseg");
+    file.save(&path).unwrap();
+    let model = Model::load(&path, &device).unwrap();
+    let (Network::UNet(a), Network::UNet(b)) = (net.valid(), &model.net) else {
+        panic!("a U-Net model file loads a U-Net")
+    };
+    let x = Tensor::<4>::random([1, 3, 8, 6], Distribution::Default, &device);
+    let a: Vec<f32> = a.forward(x.clone()).0.into_data().try_into_vec().unwrap();
+    let b: Vec<f32> = b.forward(x).0.into_data().try_into_vec().unwrap();
+    assert_eq!(a, b);
+    // The triplanar network's weights do not fit a U-Net.
+    let mut wrong = file.clone();
+    wrong.weights = weights_to_bytes(&init_network(&meta(tiny_network()), 1, &device)).unwrap();
+    wrong.save(&path).unwrap();
+    let err = Model::load(&path, &device).err().unwrap().to_string();
+    assert!(err.contains("do not fit"), "{err}");
 }

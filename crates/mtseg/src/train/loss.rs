@@ -1,10 +1,11 @@
 //! Cross-entropy over the joint label space (union mode) or within each task's softmax group
-//! (per-task mode), optionally class-weighted, plus the task-recognition loss.
+//! (per-task mode), optionally class-weighted, plus the task-recognition loss. The U-Net's
+//! crops add nnU-Net's soft Dice term to the cross-entropy ([`crop_loss`]).
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 
-use crate::data::Batch;
+use crate::data::{Batch, Crops};
 use crate::model::network::CubeOutput;
 use crate::model::{OutputLayout, OutputMode, TrainConfig};
 
@@ -101,16 +102,93 @@ pub fn batch_loss(
         }
     };
     match output.task_logits {
+        Some(task_logits) => seg + task_loss(task_logits, &batch.tasks, per_cube, config, device),
+        None => seg,
+    }
+}
+
+/// The weighted task-recognition cross-entropy, every voxel (`per_sample` per sample of
+/// `tasks`) weighing the same.
+fn task_loss(
+    task_logits: Tensor<4>,
+    tasks: &[usize],
+    per_sample: usize,
+    config: &TrainConfig,
+    device: &Device,
+) -> Tensor<1> {
+    let voxels = tasks.len() * per_sample;
+    let targets: Vec<i64> = tasks
+        .iter()
+        .flat_map(|&t| std::iter::repeat_n(t as i64, per_sample))
+        .collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [voxels]), device);
+    let uniform = Tensor::<1>::full([voxels], 1.0 / voxels as f64, device);
+    nll(per_voxel(task_logits), targets, uniform) * config.task_loss_weight
+}
+
+/// The loss of a batch of U-Net crops (`[n, channels, side, side]` logits): per task, over its
+/// crops, the mean cross-entropy within its softmax group plus 1 - the mean soft Dice of the
+/// group's channels (background included); the tasks' mean, plus the task-recognition
+/// cross-entropy in per-task mode. Crops have no class weights: the Dice term balances them.
+pub fn crop_loss(
+    logits: Tensor<4>,
+    task_logits: Option<Tensor<4>>,
+    crops: &Crops,
+    layout: &OutputLayout,
+    config: &TrainConfig,
+    device: &Device,
+) -> Tensor<1> {
+    let pixels = crops.targets.len();
+    let tasks = layout.groups.len();
+    let per_task = pixels / tasks;
+    let logits = per_voxel(logits);
+    let mut total: Option<Tensor<1>> = None;
+    for (t, group) in layout.groups.iter().enumerate() {
+        let rows = t * per_task;
+        let (part, dice_channels) = match layout.mode {
+            OutputMode::Union => (logits.clone().narrow(0, rows, per_task), group.clone()),
+            OutputMode::PerTask => (
+                logits
+                    .clone()
+                    .narrow(0, rows, per_task)
+                    .narrow(1, group[0], group.len()),
+                (0..group.len()).collect(),
+            ),
+        };
+        let width = part.dims()[1];
+        let targets = &crops.targets[rows..rows + per_task];
+        let mut one_hot = vec![0f32; per_task * width];
+        for (p, &target) in targets.iter().enumerate() {
+            one_hot[p * width + target as usize] = 1.0;
+        }
+        let one_hot = Tensor::<2>::from_data(TensorData::new(one_hot, [per_task, width]), device);
+        let cross_entropy =
+            (log_softmax(part.clone(), 1) * one_hot.clone()).sum().neg() / per_task as f32;
+        let probabilities = softmax(part, 1);
+        let overlap = (probabilities.clone() * one_hot.clone())
+            .sum_dim(0)
+            .reshape([width]);
+        let sizes = (probabilities.sum_dim(0) + one_hot.sum_dim(0)).reshape([width]);
+        let dice = (overlap * 2.0 + 1.0) / (sizes + 1.0);
+        let chosen: Vec<i64> = dice_channels.iter().map(|&c| c as i64).collect();
+        let chosen =
+            Tensor::<1, Int>::from_data(TensorData::new(chosen, [dice_channels.len()]), device);
+        let loss = cross_entropy + dice.select(0, chosen).mean().neg() + 1.0;
+        total = Some(match total {
+            Some(acc) => acc + loss,
+            None => loss,
+        });
+    }
+    let seg = total.expect("at least one task") / tasks as f32;
+    match task_logits {
         Some(task_logits) => {
-            let task_targets: Vec<i64> = batch
-                .tasks
-                .iter()
-                .flat_map(|&t| std::iter::repeat_n(t as i64, per_cube))
-                .collect();
-            let task_targets =
-                Tensor::<1, Int>::from_data(TensorData::new(task_targets, [voxels]), device);
-            let uniform = Tensor::<1>::full([voxels], 1.0 / voxels as f64, device);
-            seg + nll(per_voxel(task_logits), task_targets, uniform) * config.task_loss_weight
+            seg + task_loss(
+                task_logits,
+                &crops.tasks,
+                pixels / crops.count,
+                config,
+                device,
+            )
         }
         None => seg,
     }
@@ -147,6 +225,45 @@ mod tests {
         // Half-way: the rare label weighs more than the common ones, less than balanced.
         let h = voxel_weights(&b, 2, 0.5);
         assert!(h[3] > h[0] && h[3] < 0.25);
+    }
+
+    #[test]
+    fn crop_loss_rewards_right_answers_in_each_tasks_group() {
+        use crate::data::Crops;
+        use crate::test_support::{tiny_network, two_task_meta};
+
+        let device = Device::flex();
+        let meta = two_task_meta(
+            tiny_network().with_output_mode(OutputMode::PerTask),
+            &[(0, "a", 1), (1, "b", 1)],
+        );
+        let layout = &meta.layout;
+        // Two crops of 2 x 2 pixels, one per task; targets are positions in the group.
+        let crops = Crops {
+            count: 2,
+            side: 2,
+            images: vec![],
+            targets: vec![0, 1, 1, 0, 1, 1, 0, 0],
+            tasks: vec![0, 1],
+        };
+        let logits_for = |sign: f32| {
+            let mut values = vec![0f32; 2 * 4 * 4];
+            for crop in 0..2 {
+                for p in 0..4 {
+                    let target = crops.targets[crop * 4 + p] as usize;
+                    let channel = layout.groups[crop][target];
+                    values[(crop * 4 + channel) * 4 + p] = sign * 8.0;
+                }
+            }
+            Tensor::<4>::from_data(TensorData::new(values, [2, 4, 2, 2]), &device)
+        };
+        let config = TrainConfig::new();
+        let loss = |sign: f32| {
+            crop_loss(logits_for(sign), None, &crops, layout, &config, &device).into_scalar::<f32>()
+        };
+        let (right, wrong) = (loss(1.0), loss(-1.0));
+        assert!((0.0..0.05).contains(&right), "{right}");
+        assert!(wrong > 1.0, "{wrong}");
     }
 
     #[test]

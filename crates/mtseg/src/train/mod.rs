@@ -1,5 +1,6 @@
-//! Stage 6, train: the multi-task network trained on balanced mini-batches of cubes with Adam,
-//! validated on held-out cases, checkpointed atomically and resumable to the bit.
+//! Stage 6, train: the multi-task network trained on balanced mini-batches (cubes for the
+//! triplanar network, slice crops for the U-Net) with Adam, validated on held-out cases,
+//! checkpointed atomically and resumable to the bit.
 
 pub mod log;
 pub mod loss;
@@ -21,7 +22,8 @@ use crate::device::Hardware;
 use crate::error::{Error, Result};
 use crate::infer::dense_engine;
 use crate::model::{
-    self, ModelFile, ModelMeta, OutputLayout, Preset, TaskMeta, TriplanarNet, file::FORMAT_VERSION,
+    Architecture, ModelFile, ModelMeta, Network, OutputLayout, Preset, TaskMeta,
+    file::FORMAT_VERSION,
 };
 use log::{History, IterationRow, ValidationRow};
 #[cfg(test)]
@@ -241,6 +243,11 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     // burn's optimizer updates parameters of an autodiff module; on the CPU the gradients
     // come from mtseg's kernels as plain tensors, on a GPU from burn's autodiff. A missing
     // GPU is reported before the datasets are read.
+    if request.preset.network.architecture == Architecture::UNet && request.gpus > 1 {
+        return Err(Error::usage(
+            "the U-Net trains on one device: leave out --gpus",
+        ));
+    }
     let devices = request.hardware.burn_devices(request.gpus)?;
     let device = devices[0].clone().autodiff();
     let stepper = Stepper::new(request.hardware, devices);
@@ -255,7 +262,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     let (mut net, mut optimizer, mut state) = if request.resume && has_checkpoint {
         let file = load_checkpoint(&request.out, observer)?;
         check_compatible(&file.meta, &meta, &checkpoint_path(&request.out))?;
-        let net = model::network_from_bytes(
+        let net = Network::from_bytes(
             &file.meta,
             &file.weights,
             &device,
@@ -282,7 +289,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         if request.resume {
             observer.message("no checkpoint to resume from: starting afresh");
         }
-        let net = model::init_network(&meta, config.seed, &device);
+        let net = Network::init(&meta, config.seed, &device);
         let state = TrainerState {
             iteration: 0,
             sampler: BalancedSampler::new(config.seed),
@@ -309,36 +316,55 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     while state.iteration < config.iterations {
         let iteration = state.iteration + 1;
         let step_start = Instant::now();
-        let sampling = Instant::now();
-        let batch = state.sampler.next_batch(
-            &data.volumes,
-            tasks,
-            &data.classes_per_task,
-            receptive_field,
-            &config,
-            &meta.layout,
-        );
-        tracing::debug!("sampling {:.3} s", sampling.elapsed().as_secs_f64());
         let lr = learning_rate(&config, state.iteration);
-        let input = StepInput {
-            batch: &batch,
-            layout: &meta.layout,
-            config: &config,
-            dropout: meta.network.dropout,
-            lr,
-            seed: iteration_seed(config.seed, iteration),
+        let (next, loss, samples, voxels) = match net {
+            Network::Triplanar(triplanar) => {
+                let batch = state.sampler.next_batch(
+                    &data.volumes,
+                    tasks,
+                    &data.classes_per_task,
+                    receptive_field,
+                    &config,
+                    &meta.layout,
+                );
+                let input = StepInput {
+                    batch: &batch,
+                    layout: &meta.layout,
+                    config: &config,
+                    dropout: meta.network.dropout,
+                    lr,
+                    seed: iteration_seed(config.seed, iteration),
+                };
+                let (next, loss) = stepper.step(triplanar, &mut optimizer, &input)?;
+                (
+                    Network::Triplanar(next),
+                    loss,
+                    batch.cubes,
+                    batch.targets.len(),
+                )
+            }
+            Network::UNet(unet) => {
+                let crops = state.sampler.next_crops(
+                    &data.volumes,
+                    &data.classes_per_task,
+                    &config,
+                    &meta.layout,
+                );
+                let (next, loss) =
+                    step::unet_step(unet, &mut optimizer, &crops, &meta.layout, &config, lr);
+                (Network::UNet(next), loss, crops.count, crops.targets.len())
+            }
         };
-        let (next, loss) = stepper.step(net, &mut optimizer, &input)?;
         net = next;
         let seconds = step_start.elapsed().as_secs_f64();
-        voxels_done += batch.targets.len();
+        voxels_done += voxels;
         state.iteration = iteration;
         let row = IterationRow {
             iteration,
             loss,
             learning_rate: lr,
-            samples_per_s: batch.cubes as f64 / seconds,
-            voxels_per_s: batch.targets.len() as f64 / seconds,
+            samples_per_s: samples as f64 / seconds,
+            voxels_per_s: voxels as f64 / seconds,
             elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
         };
         observer.iteration(&row);
@@ -393,7 +419,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
                     iterations: iteration,
                     ..meta.clone()
                 },
-                weights: model::weights_to_bytes(&net)?,
+                weights: net.to_bytes()?,
                 optimizer: optimizer
                     .into_bytes()
                     .map_err(|e| Error::usage(format!("cannot serialise the optimizer: {e:?}")))?
@@ -442,7 +468,7 @@ fn choose_postprocessing(
 ) -> Result<()> {
     let path = model_path(&request.out);
     let mut file = ModelFile::load(&path)?;
-    let net = model::network_from_bytes(&file.meta, &file.weights, &Device::flex(), &path)?;
+    let net = Network::from_bytes(&file.meta, &file.weights, &Device::flex(), &path)?;
     let (engine, _) = dense_engine(&net.valid(), request.hardware, device);
     file.meta.largest_component = validate::largest_component_helps(
         engine.as_ref(),
@@ -467,10 +493,10 @@ fn choose_postprocessing(
     file.save(&path)
 }
 
-fn write_model(out: &Path, meta: &ModelMeta, evaluation_net: &TriplanarNet) -> Result<()> {
+fn write_model(out: &Path, meta: &ModelMeta, evaluation_net: &Network) -> Result<()> {
     ModelFile {
         meta: meta.clone(),
-        weights: model::weights_to_bytes(evaluation_net)?,
+        weights: evaluation_net.to_bytes()?,
         optimizer: Vec::new(),
         trainer_state: Vec::new(),
     }
@@ -489,10 +515,13 @@ fn check_compatible(found: &ModelMeta, wanted: &ModelMeta, path: &Path) -> Resul
             ),
         ));
     }
-    if found.network != wanted.network || found.training.tile != wanted.training.tile {
+    if found.network != wanted.network
+        || found.training.tile != wanted.training.tile
+        || found.training.crop != wanted.training.crop
+    {
         return Err(Error::invalid(
             path,
-            "the checkpoint's network or tile settings differ from the requested ones",
+            "the checkpoint's network, tile or crop settings differ from the requested ones",
         ));
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! One optimisation step: mtseg's CPU kernels, or burn's autodiff on one GPU or several.
+//! One optimisation step: mtseg's CPU kernels, or burn's autodiff on one GPU or several; the
+//! U-Net's step is burn's autodiff on its device (the CPU's Flex backend or a GPU).
 //!
 //! Several GPUs train data parallel, the way burn's own multi-device learner does it on
 //! backends without collective operations (wgpu has none): one long-lived worker thread per
@@ -15,11 +16,12 @@ use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
 use super::loss;
-use crate::data::Batch;
+use crate::data::{Batch, Crops};
 use crate::device::{Hardware, panic_message};
 use crate::engine::{self, CpuNetwork, ParamStore};
 use crate::error::{Error, Result};
-use crate::model::{self, OutputLayout, TrainConfig, TriplanarNet};
+use crate::model::unet::INPUT_CHANNELS;
+use crate::model::{self, OutputLayout, TrainConfig, TriplanarNet, UNet};
 
 /// What one training step learns from, and how.
 pub struct StepInput<'a> {
@@ -101,6 +103,25 @@ fn kernels_step(
         t1.elapsed().as_secs_f64()
     );
     (net, output.loss)
+}
+
+/// One U-Net step on `crops`: returns the updated network and the loss.
+pub fn unet_step(
+    net: UNet,
+    optimizer: &mut ModuleOptimizer,
+    crops: &Crops,
+    layout: &OutputLayout,
+    config: &TrainConfig,
+    lr: f64,
+) -> (UNet, f64) {
+    let device = net.devices()[0].clone();
+    let shape = [crops.count, INPUT_CHANNELS, crops.side, crops.side];
+    let images = Tensor::<4>::from_data(TensorData::new(crops.images.clone(), shape), &device);
+    let (logits, task_logits) = net.forward(images);
+    let loss = loss::crop_loss(logits, task_logits, crops, layout, config, &device);
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    let grads = GradientsParams::from_grads(loss.backward(), &net);
+    (optimizer.step(lr, net, grads), value)
 }
 
 /// What a worker computes: the gradients of `weight` times the loss of `batch` (a share of

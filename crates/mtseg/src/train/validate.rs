@@ -5,7 +5,7 @@ use crate::data::TrainingVolume;
 use crate::datasets::LabelSpace;
 use crate::eval::dice;
 use crate::infer::postprocess::keep_largest_component;
-use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, segment};
+use crate::infer::{Dense, DenseSettings, NetworkInput, TaskChoice, segment};
 use crate::model::{OutputLayout, OutputMode};
 
 use super::log::ValidationRow;
@@ -68,7 +68,7 @@ impl ValidationCase {
 
 /// A validation case's joint labels, as training validates: without a task in union mode,
 /// with its own task's softmax group in per-task mode.
-fn segment_case<E: Engine + ?Sized>(
+fn segment_case<E: Dense + ?Sized>(
     engine: &E,
     layout: &OutputLayout,
     case: &ValidationCase,
@@ -88,7 +88,7 @@ fn segment_case<E: Engine + ?Sized>(
 /// nnU-Net's post-processing choice: for each task, whether keeping only the largest
 /// connected object of its labels keeps or raises the mean Dice of its classes on the
 /// validation cases. Tasks without validation cases keep it.
-pub fn largest_component_helps<E: Engine + ?Sized>(
+pub fn largest_component_helps<E: Dense + ?Sized>(
     engine: &E,
     layout: &OutputLayout,
     space: &LabelSpace,
@@ -109,7 +109,7 @@ pub fn largest_component_helps<E: Engine + ?Sized>(
 }
 
 /// Mean Dice per joint class over the held-out cases of its task.
-pub fn validate<E: Engine + ?Sized>(
+pub fn validate<E: Dense + ?Sized>(
     engine: &E,
     layout: &OutputLayout,
     space: &LabelSpace,

@@ -158,3 +158,39 @@ fn shards_split_a_batch_into_disjoint_balanced_shares() {
         );
     }
 }
+
+/// U-Net crops: task-major, of the configured side, and each pixel's target is the label of
+/// the voxel whose intensity the crop's middle channel holds (intensities are voxel indices).
+#[test]
+fn crops_pair_every_pixel_with_its_own_label() {
+    let (volumes, layout) = setup();
+    let config = TrainConfig::new()
+        .with_crop(8)
+        .with_samples_per_task(3)
+        .with_intensity_jitter(0.0);
+    let mut sampler = BalancedSampler::new(4);
+    let crops = sampler.next_crops(&volumes, &[2, 1], &config, &layout);
+    assert_eq!((crops.count, crops.side), (6, 8));
+    assert_eq!(crops.tasks, vec![0, 0, 0, 1, 1, 1]);
+    assert_eq!(crops.images.len(), 6 * INPUT_CHANNELS * 64);
+    assert_eq!(crops.targets.len(), 6 * 64);
+    let mut rare_seen = false;
+    for c in 0..crops.count {
+        let volume = &volumes[crops.tasks[c]];
+        let middle = &crops.images[(c * INPUT_CHANNELS + 1) * 64..][..64];
+        let mut inside = 0;
+        for (p, &value) in middle.iter().enumerate() {
+            let target = crops.targets[c * 64 + p];
+            if value < 0.0 {
+                assert_eq!(target, 0, "outside the volume is background");
+            } else {
+                inside += 1;
+                let label = volume.labels[value as usize];
+                assert_eq!(target, layout.target(crops.tasks[c], label) as i64);
+                rare_seen |= label == 2;
+            }
+        }
+        assert!(inside > 0, "crop {c} lies outside its volume");
+    }
+    assert!(rare_seen, "the one-voxel class is drawn like the others");
+}

@@ -1,0 +1,90 @@
+//! Slices cut from a volume for the U-Net: a slice of one orientation with its neighbours as
+//! channels, over a window of its plane, padded outside the volume. Training crops and
+//! inference slices are cut by the same function, so the two agree on layout.
+
+use crate::model::Orientation;
+use crate::model::unet::CONTEXT_SLICES;
+
+/// A volume in canonical layout (x fastest), with the value that stands for "outside".
+#[derive(Clone, Copy)]
+pub struct VolumeView<'a> {
+    pub image: &'a [f32],
+    pub shape: [usize; 3],
+    pub pad: f32,
+}
+
+/// The window `[row0, row0 + h) x [col0, col0 + w)` of slice `slice` of orientation `o` and
+/// of its `CONTEXT_SLICES` neighbours on each side, appended channel-major then row-major.
+/// Rows and columns follow [`Orientation::plane_axes`].
+pub fn stack(
+    volume: VolumeView,
+    o: Orientation,
+    slice: isize,
+    window: [isize; 2],
+    size: [usize; 2],
+    out: &mut Vec<f32>,
+) {
+    let context = CONTEXT_SLICES as isize;
+    for s in slice - context..=slice + context {
+        window_of(volume.shape, o, s, window, size, |index| {
+            out.push(index.map_or(volume.pad, |i| volume.image[i]))
+        });
+    }
+}
+
+/// Calls `each` for every position of the window of slice `slice`, in row-major order, with
+/// the voxel's index in the volume (None outside it).
+pub fn window_of(
+    shape: [usize; 3],
+    o: Orientation,
+    slice: isize,
+    window: [isize; 2],
+    size: [usize; 2],
+    mut each: impl FnMut(Option<usize>),
+) {
+    let (row_axis, col_axis) = o.plane_axes();
+    let normal = o.normal_axis();
+    let inside = |v: isize, axis: usize| v >= 0 && (v as usize) < shape[axis];
+    let stride = [1, shape[0], shape[0] * shape[1]];
+    let slice_ok = inside(slice, normal);
+    for r in window[0]..window[0] + size[0] as isize {
+        let row_ok = slice_ok && inside(r, row_axis);
+        for c in window[1]..window[1] + size[1] as isize {
+            let index = (row_ok && inside(c, col_axis)).then(|| {
+                slice as usize * stride[normal]
+                    + r as usize * stride[row_axis]
+                    + c as usize * stride[col_axis]
+            });
+            each(index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacks_hold_the_slice_and_its_neighbours_padded_outside() {
+        // Voxel value = its index, volume 2 x 3 x 4.
+        let image: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let view = VolumeView {
+            image: &image,
+            shape: [2, 3, 4],
+            pad: -1.0,
+        };
+        let mut out = Vec::new();
+        // Axial slice z = 0: the neighbour below is outside, rows x, columns y.
+        stack(view, Orientation::Axial, 0, [0, 0], [2, 3], &mut out);
+        assert_eq!(out[..6], [-1.0; 6]);
+        assert_eq!(out[6..12], [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
+        assert_eq!(out[12..], [6.0, 8.0, 10.0, 7.0, 9.0, 11.0]);
+        // Sagittal slice x = 1, window shifted past the volume's y end: rows y, columns z.
+        out.clear();
+        stack(view, Orientation::Sagittal, 1, [2, 0], [2, 2], &mut out);
+        // Neighbour x = 0 comes first: y = 2 (z = 0, 1), then y = 3 (outside).
+        assert_eq!(out[..4], [4.0, 10.0, -1.0, -1.0]);
+        assert_eq!(out[4..8], [5.0, 11.0, -1.0, -1.0]);
+        assert_eq!(out[8..], [-1.0; 4]);
+    }
+}
