@@ -83,6 +83,24 @@ pub struct ModelFile {
     pub trainer_state: Vec<u8>,
 }
 
+/// Settings added after a file was written (the U-Net's, for one) take their defaults, which
+/// are what that file's network was trained with.
+fn with_default_settings(mut meta: serde_json::Value) -> serde_json::Value {
+    let defaults = [
+        ("network", serde_json::to_value(NetworkConfig::new())),
+        ("training", serde_json::to_value(TrainConfig::new())),
+    ];
+    for (section, default) in defaults {
+        let written = meta.get_mut(section).and_then(|s| s.as_object_mut());
+        if let (Some(written), Ok(serde_json::Value::Object(default))) = (written, default) {
+            for (key, value) in default {
+                written.entry(key).or_insert(value);
+            }
+        }
+    }
+    meta
+}
+
 impl ModelFile {
     pub fn to_bytes(&self) -> Vec<u8> {
         let meta = serde_json::to_vec(&self.meta).expect("metadata serialises");
@@ -132,6 +150,8 @@ impl ModelFile {
             rest = &rest[len..];
         }
         let meta: ModelMeta = serde_json::from_slice(&sections[0])
+            .map(with_default_settings)
+            .and_then(serde_json::from_value)
             .map_err(|e| Error::invalid(path, format!("unreadable model metadata: {e}")))?;
         if meta.format_version != version {
             return Err(bad("metadata and header disagree on the format version"));

@@ -331,3 +331,38 @@ fn unet_model_files_round_trip() {
     let err = Model::load(&path, &device).err().unwrap().to_string();
     assert!(err.contains("do not fit"), "{err}");
 }
+
+/// A file written before the U-Net settings existed reads as the triplanar network it is.
+#[test]
+fn files_without_newer_settings_read_with_their_defaults() {
+    let m = meta(tiny_network());
+    let file = ModelFile {
+        meta: m.clone(),
+        weights: weights_to_bytes(&init_network(&m, 2, &Device::flex())).unwrap(),
+        optimizer: vec![],
+        trainer_state: vec![],
+    };
+    let mut json = serde_json::to_value(&m).unwrap();
+    for (section, key) in [
+        ("network", "architecture"),
+        ("network", "unet_levels"),
+        ("network", "unet_width"),
+        ("training", "crop"),
+    ] {
+        json[section].as_object_mut().unwrap().remove(key);
+    }
+    let old = serde_json::to_vec(&json).unwrap();
+    // Rebuild the file around the old metadata (the layout of ModelFile::to_bytes).
+    let new = serde_json::to_vec(&m).unwrap();
+    let bytes = file.to_bytes();
+    let start = 8 + 4 + 8;
+    let mut rebuilt = bytes[..12].to_vec();
+    rebuilt.extend_from_slice(&(old.len() as u64).to_le_bytes());
+    rebuilt.extend_from_slice(&old);
+    rebuilt.extend_from_slice(&bytes[start + new.len()..bytes.len() - 4]);
+    let crc = crc32fast::hash(&rebuilt);
+    rebuilt.extend_from_slice(&crc.to_le_bytes());
+    let read = ModelFile::from_bytes(std::path::Path::new("old.mtseg"), &rebuilt).unwrap();
+    assert_eq!(read.meta, m);
+    assert_eq!(read.meta.network.architecture, Architecture::Triplanar);
+}
