@@ -5,11 +5,13 @@
 use crate::model::Orientation;
 use crate::model::unet::CONTEXT_SLICES;
 
-/// A volume in canonical layout (x fastest), with the value that stands for "outside".
+/// A volume in canonical layout (x fastest), with the value that stands for "outside"
+/// (inference calls it `NetworkInput`).
 #[derive(Clone, Copy)]
 pub struct VolumeView<'a> {
     pub image: &'a [f32],
     pub shape: [usize; 3],
+    /// Intensity outside the volume.
     pub pad: f32,
 }
 

@@ -97,13 +97,9 @@ impl DenseSettings {
     }
 }
 
-/// A volume in network layout (canonical RAS, the task's spacing, normalised).
-pub struct NetworkInput<'a> {
-    pub image: &'a [f32],
-    pub shape: [usize; 3],
-    /// Intensity outside the volume.
-    pub pad: f32,
-}
+/// A volume in network layout (canonical RAS, the task's spacing, normalised): the view the
+/// U-Net's slices are cut from too.
+pub use crate::data::slices::VolumeView as NetworkInput;
 
 impl NetworkInput<'_> {
     #[inline]

@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use super::burn_engine::values;
 use super::dense::{Dense, DenseSettings, NetworkInput, OnSlab};
-use crate::data::slices::{self, VolumeView};
+use crate::data::slices;
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{Orientation, UNet};
 
@@ -35,11 +35,6 @@ impl UNetEngine {
         classes: &mut [f32],
         tasks: &mut [f32],
     ) {
-        let view = VolumeView {
-            image: input.image,
-            shape: input.shape,
-            pad: input.pad,
-        };
         let (row_axis, col_axis) = o.plane_axes();
         let m = self.net.multiple();
         let size = [
@@ -54,7 +49,7 @@ impl UNetEngine {
             let last = (first + batch.max(1)).min(count);
             let mut stacks = Vec::with_capacity((last - first) * INPUT_CHANNELS * plane);
             for s in first..last {
-                slices::stack(view, o, s as isize, [0, 0], size, &mut stacks);
+                slices::stack(*input, o, s as isize, [0, 0], size, &mut stacks);
             }
             let shape = [last - first, INPUT_CHANNELS, size[0], size[1]];
             let x = Tensor::<4>::from_data(TensorData::new(stacks, shape), &self.device);

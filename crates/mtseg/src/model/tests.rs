@@ -239,7 +239,7 @@ fn unet_meta() -> ModelMeta {
 /// that voxel, each from the slice through it with its neighbours (padded outside).
 #[test]
 fn unet_logits_are_the_mean_of_the_three_orientations() {
-    use crate::data::slices::{VolumeView, stack};
+    use crate::data::slices::stack;
     use crate::infer::{Dense, UNetEngine};
     use crate::model::unet::INPUT_CHANNELS;
 
@@ -264,11 +264,6 @@ fn unet_logits_are_the_mean_of_the_three_orientations() {
     let c = engine.logit_channels();
     assert_eq!(all.len(), n * c);
     let (x, y, z) = (4, 1, 3);
-    let view = VolumeView {
-        image: &image,
-        shape,
-        pad: -1.5,
-    };
     let mut expected = vec![0f32; c];
     for o in Orientation::ALL {
         let (ra, ca) = o.plane_axes();
@@ -277,7 +272,7 @@ fn unet_logits_are_the_mean_of_the_three_orientations() {
         let size = [shape[ra].div_ceil(2) * 2, shape[ca].div_ceil(2) * 2];
         let mut slice = Vec::new();
         stack(
-            view,
+            input,
             o,
             at[o.normal_axis()] as isize,
             [0, 0],
