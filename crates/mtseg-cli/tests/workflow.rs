@@ -209,12 +209,28 @@ fn the_unet_trains_and_segments_on_the_input_grid() {
     let dir = tempfile::tempdir().unwrap();
     let (brain, breast, _) = setup(dir.path());
     let config = dir.path().join("unet.toml");
-    std::fs::write(
-        &config,
-        "preset = \"unet\"\n[network]\nunet_levels = 2\nunet_width = 4\n\
-         [training]\ncrop = 16\nsamples_per_task = 2\nvalidate_every = 20\n",
-    )
-    .unwrap();
+    let settings = "preset = \"unet\"\n[network]\nunet_levels = 2\nunet_width = 4\n\
+         [training]\ncrop = 16\nsamples_per_task = 2\nvalidate_every = 20\n\
+         [training.samples_by_task]\n";
+    // A task that is not trained cannot be given a sample count.
+    std::fs::write(&config, format!("{settings}Liver = 3\n")).unwrap();
+    let refused = mtseg(&[
+        "-q",
+        "train",
+        "--datasets",
+        s(&brain),
+        "--out",
+        s(&dir.path().join("refused")),
+        "--config",
+        s(&config),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("'Liver'"),
+        "{err}"
+    );
+    // The brain drawn more often than the breast.
+    std::fs::write(&config, format!("{settings}PhantomBrainMRI = 3\n")).unwrap();
     let run = dir.path().join("run");
     train(&[&brain, &breast], &run, &config, 40);
     let log = std::fs::read_to_string(run.join("log.csv")).unwrap();

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::io::{Image, LabelMap};
 use crate::preprocess::{self, Normalization, Prepared, Preprocessing, normalize};
 
-pub use sampler::{BalancedSampler, Batch, Crops};
+pub use sampler::{BalancedSampler, Batch, Crops, TaskDraw};
 
 /// One preprocessed labelled case: canonical RAS layout, the task's spacing, normalised.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use super::slices::{self, VolumeView};
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{Orientation, OutputLayout, TrainConfig};
 
-/// One mini-batch, task-major: cubes `[t * per_task, (t + 1) * per_task)` belong to task t.
+/// One mini-batch, task-major: each task's cubes are one run, in task order.
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub cubes: usize,
@@ -79,6 +79,15 @@ fn of_cubes<T: Copy>(values: &[T], cubes: &[usize], per_cube: usize) -> Vec<T> {
         .collect()
 }
 
+/// What the sampler draws from one task for each mini-batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskDraw {
+    /// The task's classes, background not counted.
+    pub classes: usize,
+    /// Samples (cubes or crops) of the task in each mini-batch.
+    pub samples: usize,
+}
+
 /// The sampler with its random state (saved in checkpoints for exact resumption).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BalancedSampler {
@@ -102,20 +111,18 @@ impl BalancedSampler {
     }
 
     /// Draws one balanced mini-batch from `volumes` (grouped by task through
-    /// `TrainingVolume::task`; every task index below `tasks` must have a volume).
+    /// `TrainingVolume::task`; task t, drawn as `draws[t]`, must have a volume).
     pub fn next_batch(
         &mut self,
         volumes: &[TrainingVolume],
-        tasks: usize,
-        classes_per_task: &[usize],
+        draws: &[TaskDraw],
         receptive_field: usize,
         config: &TrainConfig,
         layout: &OutputLayout,
     ) -> Batch {
         let k = config.tile;
         let side = receptive_field + k - 1;
-        let per_task = config.samples_per_task;
-        let cubes = tasks * per_task;
+        let cubes = draws.iter().map(|d| d.samples).sum();
         let mut batch = Batch {
             cubes,
             tile: k,
@@ -130,13 +137,13 @@ impl BalancedSampler {
             tasks: Vec::with_capacity(cubes),
             centre_classes: Vec::with_capacity(cubes),
         };
-        for (task, &task_classes) in classes_per_task.iter().enumerate().take(tasks) {
+        for (task, draw) in draws.iter().enumerate() {
             let of_task: Vec<&TrainingVolume> = volumes.iter().filter(|v| v.task == task).collect();
             assert!(!of_task.is_empty(), "task {task} has no training volume");
-            let n_classes = task_classes + 1;
+            let n_classes = draw.classes + 1;
             // Cycle through the classes from a random start: equal counts per class.
             let start = self.rng.random_range(0..n_classes);
-            for s in 0..per_task {
+            for s in 0..draw.samples {
                 let class = (start + s) % n_classes;
                 let (volume, centre) = self.draw_voxel(&of_task, class);
                 let placement = self.placement(volume, centre, config);
@@ -148,18 +155,18 @@ impl BalancedSampler {
         batch
     }
 
-    /// Draws a balanced mini-batch of U-Net crops: per task `samples_per_task` crops centred
-    /// (give or take a quarter of the crop) on voxels of the task's classes in turn, each in
-    /// a random orientation, with the intensity jitter of `config`.
+    /// Draws a balanced mini-batch of U-Net crops: per task its `draws` crops centred (give
+    /// or take a quarter of the crop) on voxels of the task's classes in turn, each in a
+    /// random orientation, with the intensity jitter of `config`.
     pub fn next_crops(
         &mut self,
         volumes: &[TrainingVolume],
-        classes_per_task: &[usize],
+        draws: &[TaskDraw],
         config: &TrainConfig,
         layout: &OutputLayout,
     ) -> Crops {
         let side = config.crop;
-        let count = classes_per_task.len() * config.samples_per_task;
+        let count = draws.iter().map(|d| d.samples).sum();
         let mut crops = Crops {
             count,
             side,
@@ -167,12 +174,12 @@ impl BalancedSampler {
             targets: Vec::with_capacity(count * side * side),
             tasks: Vec::with_capacity(count),
         };
-        for (task, &task_classes) in classes_per_task.iter().enumerate() {
+        for (task, draw) in draws.iter().enumerate() {
             let of_task: Vec<&TrainingVolume> = volumes.iter().filter(|v| v.task == task).collect();
             assert!(!of_task.is_empty(), "task {task} has no training volume");
-            let n_classes = task_classes + 1;
+            let n_classes = draw.classes + 1;
             let start = self.rng.random_range(0..n_classes);
-            for s in 0..config.samples_per_task {
+            for s in 0..draw.samples {
                 let (volume, centre) = self.draw_voxel(&of_task, (start + s) % n_classes);
                 let o = Orientation::ALL[self.rng.random_range(0..3)];
                 let (row_axis, col_axis) = o.plane_axes();

@@ -1,6 +1,7 @@
 //! mtseg's own CPU kernels for the triplanar network: forward and backward for training,
-//! and fused, batch-norm-folded inference; the convolutions on a SIMD kernel of our own
-//! (`direct`), the dense layers on the `gemm` crate, both cores through rayon. The burn network
+//! and fused, batch-norm-folded inference (the U-Net's inference too, `unet`); the
+//! convolutions on a SIMD kernel of our own (`direct`), the dense layers on the `gemm` crate,
+//! both cores through rayon. The burn network
 //! holds the weights and is the reference the kernels are tested against; on the CPU these
 //! kernels are the one path users run.
 
@@ -11,10 +12,12 @@ pub mod matmul;
 pub mod network;
 pub mod params;
 pub mod train;
+pub mod unet;
 
 pub use network::{CpuNetwork, FoldedNetwork};
 pub use params::{ParamStore, write_values};
 pub use train::{StepOutput, train_step};
+pub use unet::FoldedUNet;
 
 #[cfg(test)]
 mod tests;

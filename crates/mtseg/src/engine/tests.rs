@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use super::*;
-use crate::data::{BalancedSampler, TrainingVolume};
+use crate::data::{BalancedSampler, TaskDraw, TrainingVolume};
 use crate::infer::{BurnEngine, Engine};
 use crate::model::{
     self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarNet,
@@ -150,12 +150,11 @@ fn two_task_batch(m: &ModelMeta, class_balance: f64) -> (TrainConfig, crate::dat
     let volumes = vec![volume(0, 1), volume(1, 2)];
     let config = TrainConfig::new()
         .with_tile(3)
-        .with_samples_per_task(2)
         .with_class_balance(class_balance);
+    let draws = [(2, 2), (1, 2)].map(|(classes, samples)| TaskDraw { classes, samples });
     let batch = BalancedSampler::new(9).next_batch(
         &volumes,
-        2,
-        &[2, 1],
+        &draws,
         m.network.patch_size(),
         &config,
         &m.layout,

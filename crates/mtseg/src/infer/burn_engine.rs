@@ -27,7 +27,7 @@ impl BurnEngine {
 }
 
 /// A tensor's values (the networks compute in f32).
-pub(crate) fn values(t: Tensor<4>) -> Vec<f32> {
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .try_into_vec::<f32>()
         .expect("the network computes in f32")

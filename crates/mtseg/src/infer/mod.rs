@@ -55,7 +55,10 @@ pub fn dense_engine(
         (Network::Triplanar(n), Hardware::Gpu) => {
             Box::new(BurnEngine::new(n, device.clone().without_autodiff()))
         }
-        (Network::UNet(n), _) => Box::new(UNetEngine::new(n, device.clone().without_autodiff())),
+        (Network::UNet(n), Hardware::Cpu) => Box::new(UNetEngine::on_cpu(n)),
+        (Network::UNet(n), Hardware::Gpu) => {
+            Box::new(UNetEngine::on_device(n, device.clone().without_autodiff()))
+        }
     };
     (engine, settings_for(hardware))
 }

@@ -1,28 +1,70 @@
 //! The U-Net run densely: every slice of every orientation (with its neighbours), the class and
 //! task logits of the three orientations averaged per voxel. It holds the logits of the whole
 //! volume (channels x voxels floats), so unlike the triplanar network's slabs its memory grows
-//! with the volume.
+//! with the volume. On the CPU the slices run on mtseg's own kernels ([`FoldedUNet`]), on a
+//! GPU through burn.
 
 use burn::prelude::*;
 
 use super::burn_engine::values;
 use super::dense::{Dense, DenseSettings, NetworkInput, OnSlab};
 use crate::data::slices;
+use crate::engine::FoldedUNet;
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{Orientation, UNet};
 
+/// What runs the network over a batch of slice stacks.
+enum Runner {
+    Cpu(FoldedUNet),
+    /// In evaluation mode, on `device` (boxed: the burn module is the larger of the two).
+    Burn {
+        net: Box<UNet>,
+        device: Device,
+    },
+}
+
 pub struct UNetEngine {
-    /// In evaluation mode, on `device`.
-    net: UNet,
-    device: Device,
+    runner: Runner,
+    channels: usize,
+    task_channels: usize,
+    multiple: usize,
 }
 
 impl UNetEngine {
-    /// The network moved to `device`.
-    pub fn new(net: &UNet, device: Device) -> Self {
-        UNetEngine {
-            net: net.clone().to_device(&device),
+    /// On mtseg's CPU kernels.
+    pub fn on_cpu(net: &UNet) -> Self {
+        Self::with(net, Runner::Cpu(FoldedUNet::from_burn(net)))
+    }
+
+    /// Through burn, the network moved to `device`.
+    pub fn on_device(net: &UNet, device: Device) -> Self {
+        let runner = Runner::Burn {
+            net: Box::new(net.clone().to_device(&device)),
             device,
+        };
+        Self::with(net, runner)
+    }
+
+    fn with(net: &UNet, runner: Runner) -> Self {
+        UNetEngine {
+            runner,
+            channels: net.channels(),
+            task_channels: net.task_channels(),
+            multiple: net.multiple(),
+        }
+    }
+
+    /// Class and task logits (`[n, channels, h, w]`, `[n, task channels, h, w]`) of `n` slice
+    /// stacks of `h x w`.
+    fn forward(&self, stacks: Vec<f32>, n: usize, h: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+        match &self.runner {
+            Runner::Cpu(folded) => folded.forward(&stacks, n, h, w),
+            Runner::Burn { net, device } => {
+                let shape = [n, INPUT_CHANNELS, h, w];
+                let x = Tensor::<4>::from_data(TensorData::new(stacks, shape), device);
+                let (logits, task_logits) = net.forward(x);
+                (values(logits), task_logits.map(values).unwrap_or_default())
+            }
         }
     }
 
@@ -36,14 +78,14 @@ impl UNetEngine {
         tasks: &mut [f32],
     ) {
         let (row_axis, col_axis) = o.plane_axes();
-        let m = self.net.multiple();
+        let m = self.multiple;
         let size = [
             input.shape[row_axis].div_ceil(m) * m,
             input.shape[col_axis].div_ceil(m) * m,
         ];
         let plane = size[0] * size[1];
         let count = input.shape[o.normal_axis()];
-        let (c, tc) = (self.net.channels(), self.net.task_channels());
+        let (c, tc) = (self.channels, self.task_channels);
         let mut first = 0;
         while first < count {
             let last = (first + batch.max(1)).min(count);
@@ -51,11 +93,7 @@ impl UNetEngine {
             for s in first..last {
                 slices::stack(*input, o, s as isize, [0, 0], size, &mut stacks);
             }
-            let shape = [last - first, INPUT_CHANNELS, size[0], size[1]];
-            let x = Tensor::<4>::from_data(TensorData::new(stacks, shape), &self.device);
-            let (logits, task_logits) = self.net.forward(x);
-            let logits = values(logits);
-            let task_logits = task_logits.map(values).unwrap_or_default();
+            let (logits, task_logits) = self.forward(stacks, last - first, size[0], size[1]);
             for (i, s) in (first..last).enumerate() {
                 let mut p = 0;
                 slices::window_of(input.shape, o, s as isize, [0, 0], size, |voxel| {
@@ -77,18 +115,18 @@ impl UNetEngine {
 
 impl Dense for UNetEngine {
     fn logit_channels(&self) -> usize {
-        self.net.channels()
+        self.channels
     }
 
     fn task_logit_channels(&self) -> usize {
-        self.net.task_channels()
+        self.task_channels
     }
 
     /// One slab: the whole volume.
     fn logits_by_slab(&self, input: &NetworkInput, settings: &DenseSettings, on_slab: &mut OnSlab) {
         let n: usize = input.shape.iter().product();
-        let mut classes = vec![0f32; n * self.net.channels()];
-        let mut tasks = vec![0f32; n * self.net.task_channels()];
+        let mut classes = vec![0f32; n * self.channels];
+        let mut tasks = vec![0f32; n * self.task_channels];
         for o in Orientation::ALL {
             self.add_orientation(input, o, settings.slice_batch, &mut classes, &mut tasks);
         }

@@ -1,5 +1,7 @@
 //! Sizes of the network and settings of its training, with the `paper` and `small` presets.
 
+use std::collections::BTreeMap;
+
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -82,9 +84,14 @@ pub struct TrainConfig {
     /// (P + k - 1)^2. k = 1 is the paper's sampling (one voxel, three P x P patches).
     #[config(default = 8)]
     pub tile: usize,
-    /// Samples (cubes) per task in each mini-batch.
+    /// Samples (cubes, or U-Net crops) per task in each mini-batch.
     #[config(default = 4)]
     pub samples_per_task: usize,
+    /// Samples per mini-batch for the tasks named here instead (`BrainTissueIXI = 8`): more
+    /// for a task with many classes, fewer for one with a single training case. Each task
+    /// keeps the same share of the loss; more samples make its share less noisy.
+    #[config(default = "BTreeMap::new()")]
+    pub samples_by_task: BTreeMap<String, usize>,
     #[config(default = 2000)]
     pub iterations: usize,
     #[config(default = 1e-3)]
@@ -136,6 +143,16 @@ pub struct TrainConfig {
     pub crop: usize,
     #[config(default = 1)]
     pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Samples per mini-batch of the task called `task`.
+    pub fn samples_of(&self, task: &str) -> usize {
+        self.samples_by_task
+            .get(task)
+            .copied()
+            .unwrap_or(self.samples_per_task)
+    }
 }
 
 /// A named set of network and training settings.
@@ -257,8 +274,8 @@ impl Preset {
         if !(0.0..1.0).contains(&n.dropout) {
             return Err("dropout must be in [0, 1)".into());
         }
-        if t.tile == 0 || t.samples_per_task == 0 {
-            return Err("tile and samples_per_task must be at least 1".into());
+        if t.tile == 0 || t.samples_per_task == 0 || t.samples_by_task.values().any(|&n| n == 0) {
+            return Err("tile, samples_per_task and samples_by_task must be at least 1".into());
         }
         if t.learning_rate <= 0.0 || !t.learning_rate.is_finite() {
             return Err("learning_rate must be positive".into());
@@ -307,5 +324,21 @@ mod tests {
         std::fs::write(&bad, r#"{"network": {"depht": 3}}"#).unwrap();
         let err = Preset::named_or_file(bad.to_str().unwrap()).unwrap_err();
         assert!(err.to_string().contains("network.depht"), "{err}");
+    }
+
+    #[test]
+    fn samples_by_task_override_samples_per_task_for_the_named_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = "preset = \"unet\"\n[training.samples_by_task]\nBrain = 8\nCT = 2\n";
+        std::fs::write(&path, text).unwrap();
+        let t = Preset::named_or_file(path.to_str().unwrap())
+            .unwrap()
+            .training;
+        assert_eq!((t.samples_of("Brain"), t.samples_of("CT")), (8, 2));
+        assert_eq!(t.samples_of("Hippocampus"), t.samples_per_task);
+        std::fs::write(&path, "[training.samples_by_task]\nBrain = 0\n").unwrap();
+        let err = Preset::named_or_file(path.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("samples_by_task"), "{err}");
     }
 }

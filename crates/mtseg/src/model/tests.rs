@@ -256,7 +256,7 @@ fn unet_logits_are_the_mean_of_the_three_orientations() {
         shape,
         pad: -1.5,
     };
-    let engine = UNetEngine::new(&net, device.clone());
+    let engine = UNetEngine::on_cpu(&net);
     let mut all = Vec::new();
     engine.logits_by_slab(&input, &DenseSettings::default(), &mut |_, _, logits, _| {
         all.extend_from_slice(logits)

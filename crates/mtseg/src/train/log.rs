@@ -21,9 +21,19 @@ pub struct IterationRow {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValidationRow {
     pub iteration: usize,
-    /// Mean Dice of each task/class over the held-out cases, in label-space order.
+    /// Mean Dice of each task/class over the held-out cases, in label-space order (NaN for a
+    /// task without validation cases).
+    #[serde(deserialize_with = "nan_for_null")]
     pub dice: Vec<f64>,
     pub mean_dice: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as null, and checkpoints must read it back.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<f64>, D::Error> {
+    let values: Vec<Option<f64>> = Deserialize::deserialize(deserializer)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -185,6 +195,17 @@ mod tests {
                 mean_dice: 0.375,
             }],
         }
+    }
+
+    /// A task without validation cases has NaN Dice: the checkpoint's JSON must still resume.
+    #[test]
+    fn histories_with_nan_dice_round_trip_through_json() {
+        let mut h = history();
+        h.validations[0].dice[1] = f64::NAN;
+        let back: History = serde_json::from_slice(&serde_json::to_vec(&h).unwrap()).unwrap();
+        assert_eq!(back.validations[0].dice[0], 0.5);
+        assert!(back.validations[0].dice[1].is_nan());
+        assert_eq!(back.iterations, h.iterations);
     }
 
     #[test]

@@ -79,19 +79,20 @@ pub fn batch_loss(
         OutputMode::PerTask => {
             // The batch is task-major: each task's voxels are one contiguous range, scored
             // only within the task's own softmax group.
-            let per_task = voxels / tasks;
             let mut total: Option<Tensor<1>> = None;
-            for (t, group) in layout.groups.iter().enumerate() {
-                let rows = t * per_task;
-                let part =
-                    logits
-                        .clone()
-                        .narrow(0, rows, per_task)
-                        .narrow(1, group[0], group.len());
+            for (group, run) in layout.groups.iter().zip(task_runs(&batch.tasks, tasks)) {
+                if run.is_empty() {
+                    continue;
+                }
+                let (rows, len) = (run.start * per_cube, run.len() * per_cube);
+                let part = logits
+                    .clone()
+                    .narrow(0, rows, len)
+                    .narrow(1, group[0], group.len());
                 let loss = nll(
                     part,
-                    targets.clone().narrow(0, rows, per_task),
-                    weights.clone().narrow(0, rows, per_task),
+                    targets.clone().narrow(0, rows, len),
+                    weights.clone().narrow(0, rows, len),
                 );
                 total = Some(match total {
                     Some(acc) => acc + loss,
@@ -105,6 +106,14 @@ pub fn batch_loss(
         Some(task_logits) => seg + task_loss(task_logits, &batch.tasks, per_cube, config, device),
         None => seg,
     }
+}
+
+/// Per task below `count`: the run of samples of a task-major batch (`tasks` holds each
+/// sample's task) that belong to it, empty when the batch has none.
+fn task_runs(tasks: &[usize], count: usize) -> Vec<std::ops::Range<usize>> {
+    (0..count)
+        .map(|t| tasks.partition_point(|&x| x < t)..tasks.partition_point(|&x| x <= t))
+        .collect()
 }
 
 /// The weighted task-recognition cross-entropy, every voxel (`per_sample` per sample of
@@ -139,31 +148,39 @@ pub fn crop_loss(
     device: &Device,
 ) -> Tensor<1> {
     let pixels = crops.targets.len();
-    let tasks = layout.groups.len();
-    let per_task = pixels / tasks;
+    let per_crop = crops.side * crops.side;
     let logits = per_voxel(logits);
     let mut total: Option<Tensor<1>> = None;
-    for (t, group) in layout.groups.iter().enumerate() {
-        let rows = t * per_task;
+    let mut tasks_present = 0;
+    for (group, run) in layout
+        .groups
+        .iter()
+        .zip(task_runs(&crops.tasks, layout.groups.len()))
+    {
+        if run.is_empty() {
+            continue;
+        }
+        tasks_present += 1;
+        let (rows, len) = (run.start * per_crop, run.len() * per_crop);
         let (part, dice_channels) = match layout.mode {
-            OutputMode::Union => (logits.clone().narrow(0, rows, per_task), group.clone()),
+            OutputMode::Union => (logits.clone().narrow(0, rows, len), group.clone()),
             OutputMode::PerTask => (
                 logits
                     .clone()
-                    .narrow(0, rows, per_task)
+                    .narrow(0, rows, len)
                     .narrow(1, group[0], group.len()),
                 (0..group.len()).collect(),
             ),
         };
         let width = part.dims()[1];
-        let targets = &crops.targets[rows..rows + per_task];
-        let mut one_hot = vec![0f32; per_task * width];
+        let targets = &crops.targets[rows..rows + len];
+        let mut one_hot = vec![0f32; len * width];
         for (p, &target) in targets.iter().enumerate() {
             one_hot[p * width + target as usize] = 1.0;
         }
-        let one_hot = Tensor::<2>::from_data(TensorData::new(one_hot, [per_task, width]), device);
+        let one_hot = Tensor::<2>::from_data(TensorData::new(one_hot, [len, width]), device);
         let cross_entropy =
-            (log_softmax(part.clone(), 1) * one_hot.clone()).sum().neg() / per_task as f32;
+            (log_softmax(part.clone(), 1) * one_hot.clone()).sum().neg() / len as f32;
         let probabilities = softmax(part, 1);
         let overlap = (probabilities.clone() * one_hot.clone())
             .sum_dim(0)
@@ -179,7 +196,7 @@ pub fn crop_loss(
             None => loss,
         });
     }
-    let seg = total.expect("at least one task") / tasks as f32;
+    let seg = total.expect("at least one task") / tasks_present as f32;
     match task_logits {
         Some(task_logits) => {
             seg + task_loss(
@@ -246,24 +263,54 @@ mod tests {
             targets: vec![0, 1, 1, 0, 1, 1, 0, 0],
             tasks: vec![0, 1],
         };
-        let logits_for = |sign: f32| {
-            let mut values = vec![0f32; 2 * 4 * 4];
-            for crop in 0..2 {
+        let logits_for = |crops: &Crops, sign: f32| {
+            let mut values = vec![0f32; crops.count * 4 * 4];
+            for (crop, &task) in crops.tasks.iter().enumerate() {
                 for p in 0..4 {
                     let target = crops.targets[crop * 4 + p] as usize;
-                    let channel = layout.groups[crop][target];
+                    let channel = layout.groups[task][target];
                     values[(crop * 4 + channel) * 4 + p] = sign * 8.0;
                 }
             }
-            Tensor::<4>::from_data(TensorData::new(values, [2, 4, 2, 2]), &device)
+            Tensor::<4>::from_data(TensorData::new(values, [crops.count, 4, 2, 2]), &device)
         };
         let config = TrainConfig::new();
-        let loss = |sign: f32| {
-            crop_loss(logits_for(sign), None, &crops, layout, &config, &device).into_scalar::<f32>()
+        let loss = |crops: &Crops, sign: f32| {
+            crop_loss(
+                logits_for(crops, sign),
+                None,
+                crops,
+                layout,
+                &config,
+                &device,
+            )
+            .into_scalar::<f32>()
         };
-        let (right, wrong) = (loss(1.0), loss(-1.0));
+        let (right, wrong) = (loss(&crops, 1.0), loss(&crops, -1.0));
         assert!((0.0..0.05).contains(&right), "{right}");
         assert!(wrong > 1.0, "{wrong}");
+        // Tasks drawn unequally often (samples_by_task): each crop still meets its own task's
+        // group (a split into equal shares would score half of crop 1 in task 0's group).
+        let first_twice = Crops {
+            count: 3,
+            targets: [
+                &crops.targets[..4],
+                &crops.targets[..4],
+                &crops.targets[4..],
+            ]
+            .concat(),
+            tasks: vec![0, 0, 1],
+            ..crops.clone()
+        };
+        let (right, wrong) = (loss(&first_twice, 1.0), loss(&first_twice, -1.0));
+        assert!((0.0..0.05).contains(&right), "{right}");
+        assert!(wrong > 1.0, "{wrong}");
+    }
+
+    #[test]
+    fn task_runs_are_the_tasks_contiguous_samples() {
+        assert_eq!(task_runs(&[0, 0, 0, 2, 2], 3), vec![0..3, 3..3, 3..5]);
+        assert_eq!(task_runs(&[1], 2), vec![0..0, 0..1]);
     }
 
     #[test]

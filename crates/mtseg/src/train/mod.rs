@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, BalancedSampler, TrainingVolume};
+use crate::data::{self, BalancedSampler, TaskDraw, TrainingVolume};
 use crate::datasets::{Split, Splits, TaskSet, hold_out_validation};
 use crate::device::Hardware;
 use crate::error::{Error, Result};
@@ -91,7 +91,8 @@ pub struct TrainingData {
     pub meta: ModelMeta,
     pub volumes: Vec<TrainingVolume>,
     pub validation: Vec<ValidationCase>,
-    pub classes_per_task: Vec<usize>,
+    /// Per task: what each mini-batch draws from it.
+    pub draws: Vec<TaskDraw>,
 }
 
 /// Reads and preprocesses the training and validation cases of every task.
@@ -101,6 +102,18 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
         .validate()
         .map_err(|m| Error::usage(format!("invalid settings: {m}")))?;
     let set = TaskSet::open(&request.datasets)?;
+    let training = &request.preset.training;
+    if let Some(unknown) = training
+        .samples_by_task
+        .keys()
+        .find(|name| !set.tasks.iter().any(|t| &t.name == *name))
+    {
+        let names: Vec<&str> = set.tasks.iter().map(|t| t.name.as_str()).collect();
+        return Err(Error::usage(format!(
+            "samples_by_task names the task '{unknown}', which is not trained here (tasks: {})",
+            names.join(", ")
+        )));
+    }
     let layout = OutputLayout::new(&set.space, request.preset.network.output_mode);
     let mut volumes = Vec::new();
     let mut validation = Vec::new();
@@ -153,7 +166,13 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
             preprocessing,
         });
     }
-    let classes_per_task = tasks.iter().map(|t| t.classes.len()).collect();
+    let draws = tasks
+        .iter()
+        .map(|t| TaskDraw {
+            classes: t.classes.len(),
+            samples: training.samples_of(&t.name),
+        })
+        .collect();
     let meta = ModelMeta {
         format_version: FORMAT_VERSION,
         written_by: format!("mtseg {}", env!("CARGO_PKG_VERSION")),
@@ -170,7 +189,7 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
         meta,
         volumes,
         validation,
-        classes_per_task,
+        draws,
     })
 }
 
@@ -307,7 +326,6 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     };
 
     let receptive_field = meta.network.patch_size();
-    let tasks = meta.tasks.len();
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     let mut stopped_early = false;
@@ -321,8 +339,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
             Network::Triplanar(triplanar) => {
                 let batch = state.sampler.next_batch(
                     &data.volumes,
-                    tasks,
-                    &data.classes_per_task,
+                    &data.draws,
                     receptive_field,
                     &config,
                     &meta.layout,
@@ -344,12 +361,10 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
                 )
             }
             Network::UNet(unet) => {
-                let crops = state.sampler.next_crops(
-                    &data.volumes,
-                    &data.classes_per_task,
-                    &config,
-                    &meta.layout,
-                );
+                let crops =
+                    state
+                        .sampler
+                        .next_crops(&data.volumes, &data.draws, &config, &meta.layout);
                 let (next, loss) =
                     step::unet_step(unet, &mut optimizer, &crops, &meta.layout, &config, lr);
                 (Network::UNet(next), loss, crops.count, crops.targets.len())

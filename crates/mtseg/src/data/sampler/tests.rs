@@ -58,18 +58,25 @@ fn setup() -> (Vec<TrainingVolume>, OutputLayout) {
     )
 }
 
+/// Every task drawn `samples` times per mini-batch.
+fn draws(classes: &[usize], samples: usize) -> Vec<TaskDraw> {
+    classes
+        .iter()
+        .map(|&classes| TaskDraw { classes, samples })
+        .collect()
+}
+
 #[test]
 fn batches_are_balanced_over_tasks_and_classes() {
     let (volumes, layout) = setup();
     let config = TrainConfig::new()
         .with_tile(1)
-        .with_samples_per_task(6)
         .with_rotation_degrees(0.0)
         .with_scaling(0.0);
     let mut sampler = BalancedSampler::new(3);
     let mut counts = [[0usize; 3]; 2];
     for _ in 0..50 {
-        let batch = sampler.next_batch(&volumes, 2, &[2, 1], 3, &config, &layout);
+        let batch = sampler.next_batch(&volumes, &draws(&[2, 1], 6), 3, &config, &layout);
         assert_eq!(batch.tasks, vec![0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
         for (cube, (&t, &c)) in batch.tasks.iter().zip(&batch.centre_classes).enumerate() {
             counts[t][c] += 1;
@@ -94,13 +101,12 @@ fn identity_patches_are_the_volume_around_the_centre() {
     let (volumes, layout) = setup();
     let config = TrainConfig::new()
         .with_tile(2)
-        .with_samples_per_task(3)
         .with_rotation_degrees(0.0)
         .with_scaling(0.0)
         .with_intensity_jitter(0.0);
     let mut sampler = BalancedSampler::new(1);
     let rf = 3;
-    let batch = sampler.next_batch(&volumes[..1], 1, &[2], rf, &config, &layout);
+    let batch = sampler.next_batch(&volumes[..1], &draws(&[2], 3), rf, &config, &layout);
     let side = batch.patch_side;
     assert_eq!(side, 4);
     assert_eq!(batch.patches[0].len(), 3 * 2 * side * side);
@@ -130,8 +136,9 @@ fn identity_patches_are_the_volume_around_the_centre() {
 #[test]
 fn shards_split_a_batch_into_disjoint_balanced_shares() {
     let (volumes, layout) = setup();
-    let config = TrainConfig::new().with_tile(2).with_samples_per_task(4);
-    let batch = BalancedSampler::new(5).next_batch(&volumes, 2, &[2, 1], 3, &config, &layout);
+    let config = TrainConfig::new().with_tile(2);
+    let batch =
+        BalancedSampler::new(5).next_batch(&volumes, &draws(&[2, 1], 4), 3, &config, &layout);
     let shards: Vec<Batch> = (0..3).map(|i| batch.shard(i, 3)).collect();
     assert_eq!(shards.iter().map(|s| s.cubes).sum::<usize>(), batch.cubes);
     // Cube c goes to shard c % 3, whole: its patches, targets, labels, task and class.
@@ -164,14 +171,22 @@ fn shards_split_a_batch_into_disjoint_balanced_shares() {
 #[test]
 fn crops_pair_every_pixel_with_its_own_label() {
     let (volumes, layout) = setup();
-    let config = TrainConfig::new()
-        .with_crop(8)
-        .with_samples_per_task(3)
-        .with_intensity_jitter(0.0);
+    let config = TrainConfig::new().with_crop(8).with_intensity_jitter(0.0);
     let mut sampler = BalancedSampler::new(4);
-    let crops = sampler.next_crops(&volumes, &[2, 1], &config, &layout);
+    // Tasks may be drawn unequally often (samples_by_task).
+    let draws = [
+        TaskDraw {
+            classes: 2,
+            samples: 4,
+        },
+        TaskDraw {
+            classes: 1,
+            samples: 2,
+        },
+    ];
+    let crops = sampler.next_crops(&volumes, &draws, &config, &layout);
     assert_eq!((crops.count, crops.side), (6, 8));
-    assert_eq!(crops.tasks, vec![0, 0, 0, 1, 1, 1]);
+    assert_eq!(crops.tasks, vec![0, 0, 0, 0, 1, 1]);
     assert_eq!(crops.images.len(), 6 * INPUT_CHANNELS * 64);
     assert_eq!(crops.targets.len(), 6 * 64);
     let mut rare_seen = false;
