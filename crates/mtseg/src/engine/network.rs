@@ -11,7 +11,8 @@ use super::params::ParamStore;
 use crate::infer::Engine;
 use crate::model::{Orientation, TriplanarNet};
 
-/// One layer of a branch: convolution and batch-norm parameters.
+/// A convolution and the batch norm after it: a layer of a triplanar branch (or half a U-Net
+/// block).
 #[derive(Clone, Debug)]
 pub struct BranchLayer {
     pub conv: Conv3x3,
@@ -20,6 +21,24 @@ pub struct BranchLayer {
     pub running_mean: Vec<f32>,
     pub running_var: Vec<f32>,
     pub epsilon: f32,
+}
+
+impl BranchLayer {
+    /// The convolution with the batch norm after it (running statistics) folded in.
+    pub fn folded(&self) -> Conv3x3 {
+        let co = self.conv.co;
+        let scale: Vec<f32> = (0..co)
+            .map(|c| self.gamma[c] / (self.running_var[c] + self.epsilon).sqrt())
+            .collect();
+        let mut folded = self.conv.clone();
+        for (i, w) in folded.weight.iter_mut().enumerate() {
+            *w *= scale[i % co];
+        }
+        for (c, b) in folded.bias.iter_mut().enumerate() {
+            *b = (*b - self.running_mean[c]) * scale[c] + self.beta[c];
+        }
+        folded
+    }
 }
 
 /// A fully connected layer, weights as burn stores a 1x1 convolution: `[out][in]`.
@@ -134,33 +153,7 @@ impl CpuNetwork {
         let branches = self
             .branches
             .iter()
-            .map(|layers| {
-                layers
-                    .iter()
-                    .map(|l| {
-                        let co = l.conv.co;
-                        let scale: Vec<f32> = (0..co)
-                            .map(|c| l.gamma[c] / (l.running_var[c] + l.epsilon).sqrt())
-                            .collect();
-                        let weight = l
-                            .conv
-                            .weight
-                            .iter()
-                            .enumerate()
-                            .map(|(i, w)| w * scale[i % co])
-                            .collect();
-                        let bias = (0..co)
-                            .map(|c| (l.conv.bias[c] - l.running_mean[c]) * scale[c] + l.beta[c])
-                            .collect();
-                        Conv3x3 {
-                            ci: l.conv.ci,
-                            co,
-                            weight,
-                            bias,
-                        }
-                    })
-                    .collect()
-            })
+            .map(|layers| layers.iter().map(|l| l.folded()).collect())
             .collect();
         FoldedNetwork {
             branches,

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::conv::{Conv3x3, forward_image};
 use super::matmul::{View, matmul};
-use super::network::Dense;
+use super::network::{BranchLayer, Dense};
 use crate::infer::burn_engine::values;
 use crate::model::UNet;
 use crate::model::unet::{Block, INPUT_CHANNELS};
@@ -25,27 +25,20 @@ fn bias_or_zeros(bias: &Option<Param<Tensor<1>>>, outputs: usize) -> Vec<f32> {
 /// A 3x3 convolution with the batch norm after it folded in (running statistics).
 fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> Conv3x3 {
     let [co, ci, _, _] = conv.weight.dims();
-    let (gamma, beta) = (values(norm.gamma.val()), values(norm.beta.val()));
-    let (mean, var) = (
-        values(norm.running_mean.value()),
-        values(norm.running_var.value()),
-    );
-    let scale: Vec<f32> = (0..co)
-        .map(|c| gamma[c] / (var[c] + norm.epsilon as f32).sqrt())
-        .collect();
-    let mut folded = Conv3x3::from_oihw(
-        ci,
-        co,
-        &values(conv.weight.val()),
-        bias_or_zeros(&conv.bias, co),
-    );
-    for (i, w) in folded.weight.iter_mut().enumerate() {
-        *w *= scale[i % co];
+    BranchLayer {
+        conv: Conv3x3::from_oihw(
+            ci,
+            co,
+            &values(conv.weight.val()),
+            bias_or_zeros(&conv.bias, co),
+        ),
+        gamma: values(norm.gamma.val()),
+        beta: values(norm.beta.val()),
+        running_mean: values(norm.running_mean.value()),
+        running_var: values(norm.running_var.value()),
+        epsilon: norm.epsilon as f32,
     }
-    for c in 0..co {
-        folded.bias[c] = (folded.bias[c] - mean[c]) * scale[c] + beta[c];
-    }
-    folded
+    .folded()
 }
 
 /// A 1x1 convolution as a dense layer over pixels.
