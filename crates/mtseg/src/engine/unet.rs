@@ -203,11 +203,6 @@ impl FoldedUNet {
         self.task.as_ref().map_or(0, |t| t.outputs)
     }
 
-    /// Slice sides must be a multiple of this.
-    pub fn multiple(&self) -> usize {
-        1 << (self.encoder.len() - 1)
-    }
-
     /// Like [`UNet::forward`], on `n` slice stacks of `h x w` (channel-major, as burn's
     /// `[n, 3, h, w]`): the class and task logits, `[n, channels, h, w]` and `[n,
     /// task_channels, h, w]`.
