@@ -157,7 +157,7 @@ impl BalancedSampler {
 
     /// Draws a balanced mini-batch of U-Net crops: per task its `draws` crops centred (give
     /// or take a quarter of the crop) on voxels of the task's classes in turn, each in a
-    /// random orientation, with the intensity jitter of `config`.
+    /// random orientation, with the intensity jitter and blur of `config`.
     pub fn next_crops(
         &mut self,
         volumes: &[TrainingVolume],
@@ -196,7 +196,13 @@ impl BalancedSampler {
                     pad: volume.pad,
                 };
                 let first = crops.images.len();
-                slices::stack(view, o, slice, window, [side, side], &mut crops.images);
+                let size = [side, side];
+                if self.rng.random::<f64>() < config.blur_probability {
+                    let sigma = self.rng.random::<f64>() * config.blur_sigma;
+                    slices::blurred_stack(view, o, slice, window, size, sigma, &mut crops.images);
+                } else {
+                    slices::stack(view, o, slice, window, size, &mut crops.images);
+                }
                 let jitter = config.intensity_jitter as f32;
                 let scale = 1.0 + (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
                 let shift = (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;

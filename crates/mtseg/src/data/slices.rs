@@ -3,7 +3,8 @@
 //! inference slices are cut by the same function, so the two agree on layout.
 
 use crate::model::Orientation;
-use crate::model::unet::CONTEXT_SLICES;
+use crate::model::unet::{CONTEXT_SLICES, INPUT_CHANNELS};
+use crate::phantoms::shapes::gaussian_blur;
 
 /// A volume in canonical layout (x fastest), with the value that stands for "outside"
 /// (inference calls it `NetworkInput`).
@@ -31,6 +32,47 @@ pub fn stack(
         window_of(volume.shape, o, s, window, size, |index| {
             out.push(index.map_or(volume.pad, |i| volume.image[i]))
         });
+    }
+}
+
+/// [`stack`] as if the volume had first been smoothed by a Gaussian of `sigma` voxels (what
+/// resampling does to a scan): a block with a margin of 3 sigma on every side (slices
+/// included) is cut, blurred, and its centre kept.
+pub fn blurred_stack(
+    volume: VolumeView,
+    o: Orientation,
+    slice: isize,
+    window: [isize; 2],
+    size: [usize; 2],
+    sigma: f64,
+    out: &mut Vec<f32>,
+) {
+    let margin = (3.0 * sigma).ceil().max(0.0) as usize;
+    let m = margin as isize;
+    let wide = size.map(|s| s + 2 * margin);
+    let context = (CONTEXT_SLICES + margin) as isize;
+    let mut block = Vec::with_capacity((2 * context as usize + 1) * wide[0] * wide[1]);
+    for s in slice - context..=slice + context {
+        window_of(
+            volume.shape,
+            o,
+            s,
+            [window[0] - m, window[1] - m],
+            wide,
+            |index| block.push(index.map_or(volume.pad, |i| volume.image[i])),
+        );
+    }
+    // The block is a small volume with columns fastest, then rows, then slices.
+    gaussian_blur(
+        &mut block,
+        [wide[1], wide[0], 2 * context as usize + 1],
+        sigma,
+    );
+    for s in margin..margin + INPUT_CHANNELS {
+        for r in margin..margin + size[0] {
+            let start = (s * wide[0] + r) * wide[1] + margin;
+            out.extend_from_slice(&block[start..start + size[1]]);
+        }
     }
 }
 
@@ -88,5 +130,54 @@ mod tests {
         assert_eq!(out[..4], [4.0, 10.0, -1.0, -1.0]);
         assert_eq!(out[4..8], [5.0, 11.0, -1.0, -1.0]);
         assert_eq!(out[8..], [-1.0; 4]);
+    }
+
+    #[test]
+    fn blurred_stacks_smooth_across_rows_columns_and_slices() {
+        // A single bright voxel in the middle of a 9^3 volume of zeros.
+        let shape = [9, 9, 9];
+        let mut image = vec![0.0f32; 729];
+        let centre = 4 + 9 * 4 + 81 * 4;
+        image[centre] = 1.0;
+        let view = VolumeView {
+            image: &image,
+            shape,
+            pad: 0.0,
+        };
+        let (mut sharp, mut blurred) = (Vec::new(), Vec::new());
+        stack(view, Orientation::Axial, 4, [2, 2], [5, 5], &mut sharp);
+        blurred_stack(
+            view,
+            Orientation::Axial,
+            4,
+            [2, 2],
+            [5, 5],
+            0.0,
+            &mut blurred,
+        );
+        assert_eq!(sharp, blurred, "sigma 0 is the plain stack");
+        blurred.clear();
+        blurred_stack(
+            view,
+            Orientation::Axial,
+            4,
+            [2, 2],
+            [5, 5],
+            0.8,
+            &mut blurred,
+        );
+        assert_eq!(blurred.len(), 3 * 25);
+        let at = |c: usize, r: usize, col: usize| blurred[c * 25 + r * 5 + col];
+        // The peak is lower, spread symmetrically to the neighbouring rows, columns and
+        // slices, and the neighbouring slices (channels 0 and 2) are no longer empty.
+        assert!(at(1, 2, 2) < 0.5 && at(1, 2, 2) > 0.0);
+        assert!((at(1, 1, 2) - at(1, 3, 2)).abs() < 1e-6);
+        assert!((at(1, 2, 1) - at(1, 2, 3)).abs() < 1e-6);
+        assert!((at(1, 1, 2) - at(1, 2, 1)).abs() < 1e-6);
+        assert!(at(0, 2, 2) > 0.0 && (at(0, 2, 2) - at(2, 2, 2)).abs() < 1e-6);
+        assert!(at(1, 2, 2) > at(1, 1, 2) && at(1, 1, 2) > at(1, 0, 2));
+        // Nothing is lost: the 5x5x3 window holds almost all of the blurred voxel.
+        let total: f32 = blurred.iter().sum();
+        assert!(total > 0.8 && total <= 1.0 + 1e-5, "{total}");
     }
 }

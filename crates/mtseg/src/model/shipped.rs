@@ -10,9 +10,9 @@ use super::Model;
 use crate::error::Result;
 
 /// Where the shipped model lives in the repository (also how reports name it).
-pub const SHIPPED_MODEL: &str = "models/mtseg-brain-hippocampus-cta.mtseg";
+pub const SHIPPED_MODEL: &str = "models/mtseg-unet-brain-hippocampus-cta.mtseg";
 
-const BYTES: &[u8] = include_bytes!("../../../../models/mtseg-brain-hippocampus-cta.mtseg");
+const BYTES: &[u8] = include_bytes!("../../../../models/mtseg-unet-brain-hippocampus-cta.mtseg");
 
 /// Loads the shipped model onto the CPU.
 pub fn load_shipped() -> Result<Model> {
