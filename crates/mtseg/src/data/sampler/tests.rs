@@ -209,3 +209,41 @@ fn crops_pair_every_pixel_with_its_own_label() {
     }
     assert!(rare_seen, "the one-voxel class is drawn like the others");
 }
+
+/// Blur augmentation: on a checkerboard volume, neighbouring pixels of sharp crops differ by 1;
+/// with every crop blurred (sigma up to 1 voxel) the pattern fades.
+#[test]
+fn blurred_crops_are_smoother_than_sharp_ones() {
+    let (mut volumes, layout) = setup();
+    for v in &mut volumes {
+        let [nx, ny, _] = v.shape;
+        for (i, value) in v.image.iter_mut().enumerate() {
+            *value = ((i % nx + (i / nx) % ny + i / (nx * ny)) % 2) as f32;
+        }
+    }
+    let draws = draws(&[2, 1], 4);
+    // Mean |difference| of horizontal neighbours inside the volume, over the middle channels.
+    let contrast = |blur_probability: f64| {
+        let config = TrainConfig::new()
+            .with_crop(8)
+            .with_intensity_jitter(0.0)
+            .with_blur_probability(blur_probability);
+        let crops = BalancedSampler::new(5).next_crops(&volumes, &draws, &config, &layout);
+        let (mut total, mut pairs) = (0.0, 0);
+        for c in 0..crops.count {
+            let middle = &crops.images[(c * INPUT_CHANNELS + 1) * 64..][..64];
+            for row in middle.chunks(8) {
+                for pair in row.windows(2) {
+                    if pair.iter().all(|v| (0.0..=1.0).contains(v)) {
+                        total += (pair[0] - pair[1]).abs();
+                        pairs += 1;
+                    }
+                }
+            }
+        }
+        total / pairs as f32
+    };
+    assert_eq!(contrast(0.0), 1.0);
+    let blurred = contrast(1.0);
+    assert!(blurred < 0.8, "blurred crops keep contrast {blurred}");
+}
