@@ -110,7 +110,7 @@ impl History {
         chart
             .configure_mesh()
             .x_desc("iteration")
-            .y_desc("cross-entropy")
+            .y_desc("loss (cross-entropy; + soft Dice for U-Net crops)")
             .draw()?;
         chart.draw_series(LineSeries::new(
             self.iterations
