@@ -28,7 +28,26 @@ pub fn stack(
     out: &mut Vec<f32>,
 ) {
     let context = CONTEXT_SLICES as isize;
-    for s in slice - context..=slice + context {
+    cut(
+        volume,
+        o,
+        slice - context..=slice + context,
+        window,
+        size,
+        out,
+    );
+}
+
+/// The window of each slice of `slices`, appended slice-major then row-major.
+fn cut(
+    volume: VolumeView,
+    o: Orientation,
+    slices: std::ops::RangeInclusive<isize>,
+    window: [isize; 2],
+    size: [usize; 2],
+    out: &mut Vec<f32>,
+) {
+    for s in slices {
         window_of(volume.shape, o, s, window, size, |index| {
             out.push(index.map_or(volume.pad, |i| volume.image[i]))
         });
@@ -47,21 +66,20 @@ pub fn blurred_stack(
     sigma: f64,
     out: &mut Vec<f32>,
 ) {
-    let margin = (3.0 * sigma).ceil().max(0.0) as usize;
+    let margin = (3.0 * sigma).ceil() as usize;
     let m = margin as isize;
     let wide = size.map(|s| s + 2 * margin);
     let context = (CONTEXT_SLICES + margin) as isize;
     let mut block = Vec::with_capacity((2 * context as usize + 1) * wide[0] * wide[1]);
-    for s in slice - context..=slice + context {
-        window_of(
-            volume.shape,
-            o,
-            s,
-            [window[0] - m, window[1] - m],
-            wide,
-            |index| block.push(index.map_or(volume.pad, |i| volume.image[i])),
-        );
-    }
+    let corner = [window[0] - m, window[1] - m];
+    cut(
+        volume,
+        o,
+        slice - context..=slice + context,
+        corner,
+        wide,
+        &mut block,
+    );
     // The block is a small volume with columns fastest, then rows, then slices.
     gaussian_blur(
         &mut block,
