@@ -5,6 +5,7 @@
 #   DATA_DIR  nnU-Net raw datasets with splits.json (e.g. ../shared/data)
 #   MODEL     a model file; default: the shipped model
 #   DATASET   default: Dataset001_BrainTissueIXI Dataset002_HippocampusMSD
+# SEGMENT_OPTIONS (environment) go to `mtseg segment`, e.g. "--mirror BrainTissueIXI".
 # Writes OUT_DIR/<dataset>/{pred,report}; report/summary.md holds the table.
 set -euo pipefail
 data=$(realpath "$1"); out=$2; model=${3:-}
@@ -18,7 +19,7 @@ for ds in ${datasets[@]}; do
     ln -s "$data/$ds/imagesTr/${case}_0000.nii.gz" "$dir/images/"
     ln -s "$data/$ds/labelsTr/$case.nii.gz" "$dir/labels/"
   done
-  "$mtseg" -q segment ${model:+--model "$model"} -i "$dir/images" -o "$dir/pred"
+  "$mtseg" -q segment ${model:+--model "$model"} ${SEGMENT_OPTIONS:-} -i "$dir/images" -o "$dir/pred"
   "$mtseg" -q evaluate --pred "$dir/pred" --ref "$dir/labels" --labels "$data/$ds/dataset.json" -o "$dir/report" > /dev/null
   echo "$ds: $dir/report/summary.md"
 done

@@ -352,13 +352,29 @@ fn segment_without_a_model_uses_the_shipped_one() {
         );
     }
 
-    let unknown = segment(&out, "Liver", &[]);
-    let err = String::from_utf8_lossy(&unknown.stderr);
-    assert!(!unknown.status.success());
+    // --mirror: the sidecar names the tasks that got a mirrored pass.
+    let mirrored = dir.path().join("mirrored.nii.gz");
+    let run = segment(&mirrored, "BrainTissueIXI", &["--mirror", "BrainTissueIXI"]);
     assert!(
-        err.contains("BrainTissueIXI") && err.contains("ChestCTA"),
-        "{err}"
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
+    assert_eq!(mtseg::io::read_labels(&mirrored).unwrap().grid, labels.grid);
+    let side = sidecar(&dir.path().join("mirrored.json"));
+    assert_eq!(side["mirrored_left_right"][0], "BrainTissueIXI");
+
+    for unknown in [
+        segment(&out, "Liver", &[]),
+        segment(&out, "HippocampusMSD", &["--mirror", "Liver"]),
+    ] {
+        let err = String::from_utf8_lossy(&unknown.stderr);
+        assert!(!unknown.status.success());
+        assert!(
+            err.contains("'Liver'") && err.contains("BrainTissueIXI") && err.contains("ChestCTA"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -274,6 +274,7 @@ fn time_volume(
                     &input,
                     TaskChoice::Automatic,
                     settings,
+                    &[],
                 );
                 start.elapsed().as_secs_f64()
             })

@@ -40,6 +40,12 @@ pub struct Args {
     /// largest connected object is kept: islands in the scalp or neck are dropped).
     #[arg(long)]
     keep_all_components: bool,
+    /// Test-time augmentation for this task (repeat for more): its classes also get a pass
+    /// over the scan mirrored left-right, averaged in. Twice the time; only for left-right
+    /// symmetric anatomy: with the shipped model, BrainTissueIXI (not HippocampusMSD, whose
+    /// Dice it lowers; see models/README.md).
+    #[arg(long, value_name = "TASK")]
+    mirror: Vec<String>,
     /// With a folder INPUT: segment only shard I of N (`--shard 0/4`), a deterministic
     /// subset, so that N jobs can share a cohort and one output folder.
     #[arg(long, value_parser = parse_shard)]
@@ -89,6 +95,11 @@ fn load_segmenter(model: Option<&Path>, hardware: Hardware) -> Result<Segmenter>
 pub fn run(args: Args) -> Result<()> {
     let mut segmenter = load_segmenter(args.model.as_deref(), args.device.into())?;
     segmenter.largest_component = !args.keep_all_components;
+    segmenter.mirrored_tasks = args
+        .mirror
+        .iter()
+        .map(|t| segmenter.task_index(t))
+        .collect::<mtseg::error::Result<_>>()?;
     let task = args
         .task
         .as_deref()

@@ -101,6 +101,7 @@ pub fn segment<E: Dense + ?Sized>(
     input: &NetworkInput,
     choice: TaskChoice,
     settings: &DenseSettings,
+    mirrored_tasks: &[usize],
 ) -> Segmentation {
     let total: usize = input.shape.iter().product();
     let c = engine.logit_channels();
@@ -116,13 +117,33 @@ pub fn segment<E: Dense + ?Sized>(
     let tc = engine.task_logit_channels();
     let mut task_sums = vec![0f64; tc];
     let [nx, ny, _] = input.shape;
+    // In union mode every task shares one softmax (and its background): all channels or none.
+    let mut mirrored_channels: Vec<usize> = match layout.mode {
+        OutputMode::Union if !mirrored_tasks.is_empty() => (0..c).collect(),
+        _ => mirrored_tasks
+            .iter()
+            .flat_map(|&t| layout.groups[t].iter().copied())
+            .collect(),
+    };
+    mirrored_channels.sort_unstable();
+    mirrored_channels.dedup();
+    let mirrored = (!mirrored_channels.is_empty())
+        .then(|| mirrored_logits(engine, input, settings, &mirrored_channels));
+    let m = mirrored_channels.len();
+    let mut voxel_logits = vec![0f32; c];
     engine.logits_by_slab(input, settings, &mut |z0, z1, logits, task_logits| {
         let n = nx * ny * (z1 - z0);
         let offset = nx * ny * z0;
         for v in 0..n {
-            let voxel_logits = &logits[v * c..][..c];
+            voxel_logits.copy_from_slice(&logits[v * c..][..c]);
+            if let Some(mirrored) = &mirrored {
+                let other = &mirrored[(offset + v) * m..][..m];
+                for (&channel, &logit) in mirrored_channels.iter().zip(other) {
+                    voxel_logits[channel] = 0.5 * (voxel_logits[channel] + logit);
+                }
+            }
             for (g, group) in groups.iter().enumerate() {
-                let (label, p) = layout.decide(voxel_logits, group);
+                let (label, p) = layout.decide(&voxel_logits, group);
                 labels[g][offset + v] = label;
                 probability[g][offset + v] = p;
             }
@@ -163,6 +184,39 @@ pub fn segment<E: Dense + ?Sized>(
         task,
         recognition,
     }
+}
+
+/// Test-time mirroring: the logits of `channels` for `input` mirrored left-right (axis 0 of
+/// the RAS network layout), mirrored back to `input`'s voxel order, voxel-major. Only for
+/// tasks whose anatomy is left-right symmetric, such as a whole brain.
+fn mirrored_logits<E: Dense + ?Sized>(
+    engine: &E,
+    input: &NetworkInput,
+    settings: &DenseSettings,
+    channels: &[usize],
+) -> Vec<f32> {
+    let [nx, ny, nz] = input.shape;
+    let image: Vec<f32> = input
+        .image
+        .chunks(nx)
+        .flat_map(|row| row.iter().rev().copied())
+        .collect();
+    let mirror = NetworkInput {
+        image: &image,
+        ..*input
+    };
+    let (c, m) = (engine.logit_channels(), channels.len());
+    let mut kept = vec![0f32; nx * ny * nz * m];
+    engine.logits_by_slab(&mirror, settings, &mut |z0, _, slab, _| {
+        for (v, voxel) in slab.chunks_exact(c).enumerate() {
+            let x = v % nx;
+            let back = nx * ny * z0 + v - x + (nx - 1 - x);
+            for (out, &channel) in kept[back * m..][..m].iter_mut().zip(channels) {
+                *out = voxel[channel];
+            }
+        }
+    });
+    kept
 }
 
 /// In union mode, the task whose classes hold all foreground voxels, if there is one.

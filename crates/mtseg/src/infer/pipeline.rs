@@ -29,6 +29,9 @@ pub struct Segmenter {
     /// Keep only each task's largest connected object ([`keep_largest_component`]) for the
     /// tasks whose validation cases chose it (`ModelMeta::largest_component_tasks`).
     pub largest_component: bool,
+    /// Tasks whose classes also get a pass over the scan mirrored left-right, averaged in
+    /// (test-time augmentation; left-right symmetric anatomy only).
+    pub mirrored_tasks: Vec<usize>,
 }
 
 impl Segmenter {
@@ -54,6 +57,7 @@ impl Segmenter {
             settings,
             source: source.to_path_buf(),
             largest_component: true,
+            mirrored_tasks: Vec::new(),
         })
     }
 
@@ -84,6 +88,10 @@ pub struct SegmentReport {
     /// How the task was chosen: `given` (--task), `network` (the union softmax decided every
     /// voxel), or `task head` (per-task output mode).
     pub task_selection: &'static str,
+    /// Tasks whose classes averaged a pass over the scan mirrored left-right (test-time
+    /// augmentation, `--mirror`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrored_left_right: Vec<String>,
     pub recognition: Option<RecognitionReport>,
     /// Voxels given a class of each task (joint decisions), by task name.
     pub voxels_per_task: BTreeMap<String, usize>,
@@ -154,6 +162,7 @@ fn run(
         &input,
         choice,
         &segmenter.settings,
+        &segmenter.mirrored_tasks,
     );
     Run {
         segmentation,
@@ -282,6 +291,11 @@ pub fn segment_file(
         label_values,
         labels,
         task_selection: selection,
+        mirrored_left_right: segmenter
+            .mirrored_tasks
+            .iter()
+            .map(|&t| meta.tasks[t].name.clone())
+            .collect(),
         recognition,
         voxels_per_task,
         postprocessing: (!postprocessed.is_empty()).then(|| {

@@ -12,7 +12,11 @@ use crate::model::{self, Model};
 use crate::test_support::{tiny_network, two_task_meta};
 
 fn segmenter() -> Segmenter {
-    let meta = two_task_meta(tiny_network(), &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
+    segmenter_with(tiny_network())
+}
+
+fn segmenter_with(network: model::NetworkConfig) -> Segmenter {
+    let meta = two_task_meta(network, &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
     // A seed whose random network gives several labels on `ras_image` (the tests check it).
     let net = model::Network::init(&meta, 1, &Device::flex()).valid();
     let mut segmenter =
@@ -104,4 +108,51 @@ fn anisotropic_input_is_resampled_and_comes_back_on_its_own_grid() {
     let (labels, _) = segment_in(dir.path(), "aniso", &image);
     let input = io::read_image(&dir.path().join("aniso.nii.gz")).unwrap();
     assert_eq!(labels.grid, input.grid);
+}
+
+/// Test-time mirroring averages a pass over the scan mirrored left-right into the named
+/// tasks' logits, so for those tasks a mirrored scan gets exactly the mirrored labels (one
+/// plain pass does not); in per-task mode the other tasks' labels stay those of the plain pass.
+#[test]
+fn mirroring_makes_a_task_left_right_equivariant_and_leaves_the_others() {
+    for mode in [OutputMode::Union, OutputMode::PerTask] {
+        let mut network = tiny_network();
+        network.output_mode = mode;
+        let s = segmenter_with(network);
+        let image = ras_image();
+        let [nx, ..] = image.grid.shape;
+        let mirror = |data: &[f32]| -> Vec<f32> {
+            data.chunks(nx)
+                .flat_map(|row| row.iter().rev().copied())
+                .collect()
+        };
+        let labels = |data: &[f32], task: usize, mirrored: &[usize]| -> Vec<f32> {
+            let input = NetworkInput {
+                image: data,
+                shape: image.grid.shape,
+                pad: 0.0,
+            };
+            let choice = TaskChoice::Task(task);
+            let seg = segment(
+                s.engine.as_ref(),
+                &s.meta.layout,
+                &input,
+                choice,
+                &s.settings,
+                mirrored,
+            );
+            seg.labels.iter().map(|&l| l as f32).collect()
+        };
+        let flipped = mirror(&image.data);
+        let plain = labels(&image.data, 0, &[0]);
+        assert!(
+            plain.iter().any(|&l| l != plain[0]),
+            "one label proves nothing"
+        );
+        assert!(mirror(&plain) == labels(&flipped, 0, &[0]), "{mode:?}");
+        assert!(mirror(&labels(&image.data, 0, &[])) != labels(&flipped, 0, &[]));
+        if mode == OutputMode::PerTask {
+            assert!(labels(&image.data, 1, &[0]) == labels(&image.data, 1, &[]));
+        }
+    }
 }

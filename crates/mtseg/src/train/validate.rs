@@ -82,7 +82,15 @@ fn segment_case<E: Dense + ?Sized>(
         shape: case.shape,
         pad: case.pad,
     };
-    segment(engine, layout, &input, choice, &DenseSettings::default()).labels
+    segment(
+        engine,
+        layout,
+        &input,
+        choice,
+        &DenseSettings::default(),
+        &[],
+    )
+    .labels
 }
 
 /// nnU-Net's post-processing choice: for each task, whether keeping only the largest
