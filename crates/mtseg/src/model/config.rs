@@ -363,4 +363,23 @@ mod tests {
         let err = Preset::named_or_file(path.to_str().unwrap()).unwrap_err();
         assert!(err.to_string().contains("samples_by_task"), "{err}");
     }
+
+    /// The settings files that the model card and the results' commands train with still load.
+    #[test]
+    fn the_repositorys_settings_files_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let (unet, triplanar) = (Architecture::UNet, Architecture::Triplanar);
+        for (file, architecture, blur) in [
+            ("models/unet.toml", unet, 0.5),
+            ("models/triplanar.toml", triplanar, 0.0),
+            ("docs/results/real-data.toml", triplanar, 0.0),
+            ("docs/results/unet-brain-only.toml", unet, 0.5),
+            ("docs/results/unet-hippocampus-only.toml", unet, 0.5),
+        ] {
+            let p = Preset::named_or_file(root.join(file).to_str().unwrap())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(p.network.architecture, architecture, "{file}");
+            assert_eq!(p.training.blur_probability, blur, "{file}");
+        }
+    }
 }
