@@ -94,7 +94,8 @@ pub struct Recognition {
     pub mean_probabilities: Vec<f32>,
 }
 
-/// Segments a volume in network layout.
+/// Segments a volume in network layout. The classes of `mirrored_tasks` also average a pass
+/// over the volume mirrored left-right ([`mirrored_logits`]; test-time augmentation).
 pub fn segment<E: Dense + ?Sized>(
     engine: &E,
     layout: &OutputLayout,
