@@ -95,7 +95,7 @@ pub struct Recognition {
 }
 
 /// Segments a volume in network layout. The classes of `mirrored_tasks` also average a pass
-/// over the volume mirrored left-right ([`mirrored_logits`]; test-time augmentation).
+/// over the volume mirrored left-right (`mirrored_logits`; test-time augmentation).
 pub fn segment<E: Dense + ?Sized>(
     engine: &E,
     layout: &OutputLayout,
