@@ -197,11 +197,7 @@ fn mirrored_logits<E: Dense + ?Sized>(
     channels: &[usize],
 ) -> Vec<f32> {
     let [nx, ny, nz] = input.shape;
-    let image: Vec<f32> = input
-        .image
-        .chunks(nx)
-        .flat_map(|row| row.iter().rev().copied())
-        .collect();
+    let image = mirror_rows(input.image, nx);
     let mirror = NetworkInput {
         image: &image,
         ..*input
@@ -218,6 +214,13 @@ fn mirrored_logits<E: Dense + ?Sized>(
         }
     });
     kept
+}
+
+/// A volume stored x fastest, mirrored along x (rows of `nx` reversed).
+fn mirror_rows<T: Copy>(data: &[T], nx: usize) -> Vec<T> {
+    data.chunks(nx)
+        .flat_map(|row| row.iter().rev().copied())
+        .collect()
 }
 
 /// In union mode, the task whose classes hold all foreground voxels, if there is one.

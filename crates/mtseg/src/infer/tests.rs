@@ -121,36 +121,34 @@ fn mirroring_makes_a_task_left_right_equivariant_and_leaves_the_others() {
         let s = segmenter_with(network);
         let image = ras_image();
         let [nx, ..] = image.grid.shape;
-        let mirror = |data: &[f32]| -> Vec<f32> {
-            data.chunks(nx)
-                .flat_map(|row| row.iter().rev().copied())
-                .collect()
-        };
-        let labels = |data: &[f32], task: usize, mirrored: &[usize]| -> Vec<f32> {
+        let labels = |data: &[f32], task: usize, mirrored: &[usize]| -> Vec<u16> {
             let input = NetworkInput {
                 image: data,
                 shape: image.grid.shape,
                 pad: 0.0,
             };
             let choice = TaskChoice::Task(task);
-            let seg = segment(
+            segment(
                 s.engine.as_ref(),
                 &s.meta.layout,
                 &input,
                 choice,
                 &s.settings,
                 mirrored,
-            );
-            seg.labels.iter().map(|&l| l as f32).collect()
+            )
+            .labels
         };
-        let flipped = mirror(&image.data);
+        let flipped = mirror_rows(&image.data, nx);
         let plain = labels(&image.data, 0, &[0]);
         assert!(
             plain.iter().any(|&l| l != plain[0]),
             "one label proves nothing"
         );
-        assert!(mirror(&plain) == labels(&flipped, 0, &[0]), "{mode:?}");
-        assert!(mirror(&labels(&image.data, 0, &[])) != labels(&flipped, 0, &[]));
+        assert!(
+            mirror_rows(&plain, nx) == labels(&flipped, 0, &[0]),
+            "{mode:?}"
+        );
+        assert!(mirror_rows(&labels(&image.data, 0, &[]), nx) != labels(&flipped, 0, &[]));
         if mode == OutputMode::PerTask {
             assert!(labels(&image.data, 1, &[0]) == labels(&image.data, 1, &[]));
         }
