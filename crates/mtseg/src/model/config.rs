@@ -375,6 +375,7 @@ mod tests {
             ("docs/results/real-data.toml", triplanar, 0.0),
             ("docs/results/unet-brain-only.toml", unet, 0.5),
             ("docs/results/unet-hippocampus-only.toml", unet, 0.5),
+            ("docs/results/unet-brain-hippocampus.toml", unet, 0.5),
         ] {
             let p = Preset::named_or_file(root.join(file).to_str().unwrap())
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
