@@ -474,7 +474,7 @@ pub fn train_step(
     // Loss and its gradient at the logits.
     let c = net.classes.outputs;
     let mut d_logits = vec![0f32; voxels * c];
-    let weights = voxel_weights(batch, layout.groups.len(), config.class_balance);
+    let weights = voxel_weights(batch, layout.groups.len(), config);
     let per_cube = k * k * k;
     let all: Vec<usize> = (0..c).collect();
     let mut loss = 0f64;

@@ -26,6 +26,37 @@ impl OutputMode {
     }
 }
 
+/// How the tasks of a mini-batch share the loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskShare {
+    /// Every task present weighs the same, however many samples it has: more samples make a
+    /// task's share less noisy, not larger.
+    Equal,
+    /// A task weighs by its share of the samples (`samples_by_task`), as if every sample were
+    /// one term of the mean: a task with one training case can be given a small share.
+    Samples,
+}
+
+impl TaskShare {
+    /// Each of `count` tasks' share of a mini-batch whose samples have the tasks `tasks`;
+    /// absent tasks get 0, and the shares sum to 1.
+    pub fn shares(self, tasks: &[usize], count: usize) -> Vec<f64> {
+        let samples: Vec<usize> = (0..count)
+            .map(|t| tasks.iter().filter(|&&x| x == t).count())
+            .collect();
+        let present = samples.iter().filter(|&&n| n > 0).count();
+        samples
+            .iter()
+            .map(|&n| match (n, self) {
+                (0, _) => 0.0,
+                (_, TaskShare::Equal) => 1.0 / present as f64,
+                (_, TaskShare::Samples) => n as f64 / tasks.len() as f64,
+            })
+            .collect()
+    }
+}
+
 /// Which network segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,10 +119,14 @@ pub struct TrainConfig {
     #[config(default = 4)]
     pub samples_per_task: usize,
     /// Samples per mini-batch for the tasks named here instead (`BrainTissueIXI = 8`): more
-    /// for a task with many classes, fewer for one with a single training case. Each task
-    /// keeps the same share of the loss; more samples make its share less noisy.
+    /// for a task with many classes, fewer for one with a single training case. What that
+    /// does to a task's share of the loss is `task_share`'s choice.
     #[config(default = "BTreeMap::new()")]
     pub samples_by_task: BTreeMap<String, usize>,
+    /// How the tasks of a mini-batch share the loss: `equal` (every task the same) or
+    /// `samples` (by their samples, so `samples_by_task` sets the shares).
+    #[config(default = "TaskShare::Equal")]
+    pub task_share: TaskShare,
     #[config(default = 2000)]
     pub iterations: usize,
     #[config(default = 1e-3)]

@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 
-pub use config::{Architecture, NetworkConfig, OutputMode, Preset, TrainConfig};
+pub use config::{Architecture, NetworkConfig, OutputMode, Preset, TaskShare, TrainConfig};
 pub use file::{ModelFile, ModelMeta, TaskMeta};
 pub use network::{Orientation, TriplanarNet};
 pub use output::OutputLayout;

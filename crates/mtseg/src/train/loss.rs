@@ -27,13 +27,14 @@ fn nll(logits: Tensor<2>, targets: Tensor<1, Int>, weights: Tensor<1>) -> Tensor
 }
 
 /// The weight of every voxel of a batch in the loss; the weights sum to 1, each task's cubes
-/// to 1/T. Within a task, a voxel whose label has n voxels in the task's cubes weighs
-/// proportionally to n^-balance: 0 weighs every voxel the same, 1 gives every label present
-/// (background included) the same total weight, the paper's balance.
-pub fn voxel_weights(batch: &Batch, tasks: usize, balance: f64) -> Vec<f32> {
+/// to its share (`task_share`). Within a task, a voxel whose label has n voxels in the task's
+/// cubes weighs proportionally to n^-`class_balance`: 0 weighs every voxel the same, 1 gives
+/// every label present (background included) the same total weight, the paper's balance.
+pub fn voxel_weights(batch: &Batch, tasks: usize, config: &TrainConfig) -> Vec<f32> {
     let per_cube = batch.targets.len() / batch.cubes;
+    let shares = config.task_share.shares(&batch.tasks, tasks);
     let mut weights = vec![0f32; batch.targets.len()];
-    for t in 0..tasks {
+    for (t, share) in shares.into_iter().enumerate() {
         let voxels: Vec<usize> = (0..batch.cubes)
             .filter(|&c| batch.tasks[c] == t)
             .flat_map(|c| c * per_cube..(c + 1) * per_cube)
@@ -45,9 +46,8 @@ pub fn voxel_weights(batch: &Batch, tasks: usize, balance: f64) -> Vec<f32> {
         for &v in &voxels {
             *counts.entry(batch.labels[v]).or_insert(0usize) += 1;
         }
-        let raw = |v: usize| (counts[&batch.labels[v]] as f64).powf(-balance);
+        let raw = |v: usize| (counts[&batch.labels[v]] as f64).powf(-config.class_balance);
         let total: f64 = voxels.iter().map(|&v| raw(v)).sum();
-        let share = 1.0 / tasks as f64;
         for &v in &voxels {
             weights[v] = (share * raw(v) / total) as f32;
         }
@@ -70,7 +70,7 @@ pub fn batch_loss(
     let targets =
         Tensor::<1, Int>::from_data(TensorData::new(batch.targets.clone(), [voxels]), device);
     let weights = Tensor::<1>::from_data(
-        TensorData::new(voxel_weights(batch, tasks, config.class_balance), [voxels]),
+        TensorData::new(voxel_weights(batch, tasks, config), [voxels]),
         device,
     );
     let logits = per_voxel(output.logits);
@@ -137,8 +137,8 @@ fn task_loss(
 
 /// The loss of a batch of U-Net crops (`[n, channels, side, side]` logits): per task, over its
 /// crops, the mean cross-entropy within its softmax group plus 1 - the mean soft Dice of the
-/// group's channels (background included); the tasks' mean, plus the task-recognition
-/// cross-entropy in per-task mode. Crops have no class weights: the Dice term balances them.
+/// group's channels (background included); the tasks' sum weighted by their shares
+/// (`task_share`), plus the task-recognition cross-entropy in per-task mode. Crops have no class weights: the Dice term balances them.
 pub fn crop_loss(
     logits: Tensor<4>,
     task_logits: Option<Tensor<4>>,
@@ -150,17 +150,17 @@ pub fn crop_loss(
     let pixels = crops.targets.len();
     let per_crop = crops.side * crops.side;
     let logits = per_voxel(logits);
+    let shares = config.task_share.shares(&crops.tasks, layout.groups.len());
     let mut total: Option<Tensor<1>> = None;
-    let mut tasks_present = 0;
-    for (group, run) in layout
+    for ((group, run), share) in layout
         .groups
         .iter()
         .zip(task_runs(&crops.tasks, layout.groups.len()))
+        .zip(shares)
     {
         if run.is_empty() {
             continue;
         }
-        tasks_present += 1;
         let (rows, len) = (run.start * per_crop, run.len() * per_crop);
         let (part, dice_channels) = match layout.mode {
             OutputMode::Union => (logits.clone().narrow(0, rows, len), group.clone()),
@@ -190,13 +190,13 @@ pub fn crop_loss(
         let chosen: Vec<i64> = dice_channels.iter().map(|&c| c as i64).collect();
         let chosen =
             Tensor::<1, Int>::from_data(TensorData::new(chosen, [dice_channels.len()]), device);
-        let loss = cross_entropy + dice.select(0, chosen).mean().neg() + 1.0;
+        let loss = (cross_entropy + dice.select(0, chosen).mean().neg() + 1.0) * share as f32;
         total = Some(match total {
             Some(acc) => acc + loss,
             None => loss,
         });
     }
-    let seg = total.expect("at least one task") / tasks_present as f32;
+    let seg = total.expect("at least one task");
     match task_logits {
         Some(task_logits) => {
             seg + task_loss(
@@ -214,6 +214,7 @@ pub fn crop_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TaskShare;
 
     fn batch(labels: Vec<u16>, tasks: Vec<usize>) -> Batch {
         Batch {
@@ -232,16 +233,33 @@ mod tests {
     fn class_weights_balance_labels_within_each_task() {
         // Two cubes of 4 voxels: task 0 with labels 0,0,0,1; task 1 all background.
         let b = batch(vec![0, 0, 0, 1, 0, 0, 0, 0], vec![0, 1]);
-        let w = voxel_weights(&b, 2, 1.0);
+        let balance = |b: f64| TrainConfig::new().with_class_balance(b);
+        let w = voxel_weights(&b, 2, &balance(1.0));
         let third = 0.5 / 2.0 / 3.0;
         let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-7);
         assert!(close(&w[..4], &[third, third, third, 0.25]), "{w:?}");
         assert!(close(&w[4..], &[0.125; 4]));
-        assert!(close(&voxel_weights(&b, 2, 0.0), &[0.125; 8]));
+        assert!(close(&voxel_weights(&b, 2, &balance(0.0)), &[0.125; 8]));
         assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         // Half-way: the rare label weighs more than the common ones, less than balanced.
-        let h = voxel_weights(&b, 2, 0.5);
+        let h = voxel_weights(&b, 2, &balance(0.5));
         assert!(h[3] > h[0] && h[3] < 0.25);
+    }
+
+    #[test]
+    fn tasks_share_the_voxel_weights_equally_or_by_their_cubes() {
+        // Three cubes of 2 voxels: two of task 0, one of task 1.
+        let b = batch(vec![0; 6], vec![0, 0, 1]);
+        let task_total = |share: TaskShare| {
+            let w = voxel_weights(&b, 2, &TrainConfig::new().with_task_share(share));
+            [w[..4].iter().sum::<f32>(), w[4..].iter().sum::<f32>()]
+        };
+        let close = |a: [f32; 2], b: [f32; 2]| (a[0] - b[0]).abs() + (a[1] - b[1]).abs() < 1e-6;
+        assert!(close(task_total(TaskShare::Equal), [0.5, 0.5]));
+        assert!(close(
+            task_total(TaskShare::Samples),
+            [2.0 / 3.0, 1.0 / 3.0]
+        ));
     }
 
     #[test]
@@ -305,6 +323,55 @@ mod tests {
         let (right, wrong) = (loss(&first_twice, 1.0), loss(&first_twice, -1.0));
         assert!((0.0..0.05).contains(&right), "{right}");
         assert!(wrong > 1.0, "{wrong}");
+    }
+
+    #[test]
+    fn crop_loss_weighs_tasks_by_their_crops_when_told() {
+        use crate::data::Crops;
+        use crate::test_support::{tiny_network, two_task_meta};
+
+        let device = Device::flex();
+        let meta = two_task_meta(
+            tiny_network().with_output_mode(OutputMode::PerTask),
+            &[(0, "a", 1), (1, "b", 1)],
+        );
+        // Three crops of 2 x 2 pixels (two of task 0, one of task 1) under fixed random-ish
+        // logits, so that each task's loss differs.
+        let crops = Crops {
+            count: 3,
+            side: 2,
+            images: vec![],
+            targets: vec![0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0],
+            tasks: vec![0, 0, 1],
+        };
+        let values: Vec<f32> = (0..3 * 4 * 4)
+            .map(|i| ((i * 7) % 11) as f32 - 5.0)
+            .collect();
+        let loss = |crops: &Crops, values: &[f32], share: TaskShare| {
+            let logits = Tensor::<4>::from_data(
+                TensorData::new(values.to_vec(), [crops.count, 4, 2, 2]),
+                &device,
+            );
+            let config = TrainConfig::new().with_task_share(share);
+            crop_loss(logits, None, crops, &meta.layout, &config, &device).into_scalar::<f32>()
+        };
+        // Each task alone: its first crops and their logits.
+        let only = |range: std::ops::Range<usize>| Crops {
+            count: range.len(),
+            targets: crops.targets[range.start * 4..range.end * 4].to_vec(),
+            tasks: crops.tasks[range.clone()].to_vec(),
+            ..crops.clone()
+        };
+        let first = loss(&only(0..2), &values[..32], TaskShare::Equal);
+        let second = loss(&only(2..3), &values[32..], TaskShare::Equal);
+        assert!((first - second).abs() > 0.05, "{first} {second}");
+        let equal = loss(&crops, &values, TaskShare::Equal);
+        assert!((equal - (first + second) / 2.0).abs() < 1e-5, "{equal}");
+        let by_crops = loss(&crops, &values, TaskShare::Samples);
+        assert!(
+            (by_crops - (2.0 * first + second) / 3.0).abs() < 1e-5,
+            "{by_crops}"
+        );
     }
 
     #[test]
