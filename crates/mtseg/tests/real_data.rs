@@ -183,20 +183,20 @@ fn the_shipped_model_recognises_and_segments_real_test_scans() {
             "Dataset001_BrainTissueIXI",
             "IXI048",
             &[1u16, 2, 3, 4, 5, 6][..],
-            0.84,
+            0.85,
         ),
         (
             "Dataset002_HippocampusMSD",
             "hippocampus_037",
             &[1, 2][..],
-            0.72,
+            0.75,
         ),
     ] {
         let dir = root.join(dataset);
         let image = dir.join(format!("imagesTr/{case}_0000.nii.gz"));
         let reference = io::read_labels(&dir.join(format!("labelsTr/{case}.nii.gz"))).unwrap();
         // No task given: the model must recognise the scan itself. The floors are 0.05 below
-        // what the shipped model (the U-Net) measured (0.889 and 0.772).
+        // what the shipped model (the U-Net) measured (0.900 and 0.801).
         let (mean, task) = shipped_mean_dice(&segmenter, &image, &reference, None, classes);
         let expected = dataset.split_once('_').unwrap().1;
         assert_eq!(task.as_deref(), Some(expected), "{case}");
