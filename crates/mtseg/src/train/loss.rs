@@ -262,16 +262,19 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn crop_loss_rewards_right_answers_in_each_tasks_group() {
-        use crate::data::Crops;
+    /// Two tasks of one class each in per-task mode: output channels 0-1 and 2-3.
+    fn two_groups_of_two() -> crate::model::ModelMeta {
         use crate::test_support::{tiny_network, two_task_meta};
-
-        let device = Device::flex();
-        let meta = two_task_meta(
+        two_task_meta(
             tiny_network().with_output_mode(OutputMode::PerTask),
             &[(0, "a", 1), (1, "b", 1)],
-        );
+        )
+    }
+
+    #[test]
+    fn crop_loss_rewards_right_answers_in_each_tasks_group() {
+        let device = Device::flex();
+        let meta = two_groups_of_two();
         let layout = &meta.layout;
         // Two crops of 2 x 2 pixels, one per task; targets are positions in the group.
         let crops = Crops {
@@ -327,14 +330,8 @@ mod tests {
 
     #[test]
     fn crop_loss_weighs_tasks_by_their_crops_when_told() {
-        use crate::data::Crops;
-        use crate::test_support::{tiny_network, two_task_meta};
-
         let device = Device::flex();
-        let meta = two_task_meta(
-            tiny_network().with_output_mode(OutputMode::PerTask),
-            &[(0, "a", 1), (1, "b", 1)],
-        );
+        let meta = two_groups_of_two();
         // Three crops of 2 x 2 pixels (two of task 0, one of task 1) under fixed random-ish
         // logits, so that each task's loss differs.
         let crops = Crops {
