@@ -138,7 +138,8 @@ fn task_loss(
 /// The loss of a batch of U-Net crops (`[n, channels, side, side]` logits): per task, over its
 /// crops, the mean cross-entropy within its softmax group plus 1 - the mean soft Dice of the
 /// group's channels (background included); the tasks' sum weighted by their shares
-/// (`task_share`), plus the task-recognition cross-entropy in per-task mode. Crops have no class weights: the Dice term balances them.
+/// (`task_share`), plus the task-recognition cross-entropy in per-task mode. Crops have no
+/// class weights: the Dice term balances them.
 pub fn crop_loss(
     logits: Tensor<4>,
     task_logits: Option<Tensor<4>>,
