@@ -353,7 +353,7 @@ mod tests {
             let config = TrainConfig::new().with_task_share(share);
             crop_loss(logits, None, crops, &meta.layout, &config, &device).into_scalar::<f32>()
         };
-        // Each task alone: its first crops and their logits.
+        // Each task's crops alone, with their logits.
         let only = |range: std::ops::Range<usize>| Crops {
             count: range.len(),
             targets: crops.targets[range.start * 4..range.end * 4].to_vec(),
