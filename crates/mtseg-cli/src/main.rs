@@ -35,6 +35,8 @@ enum Command {
     Info(commands::info::Args),
     Convert(commands::convert::Args),
     Phantoms(commands::phantoms::Args),
+    /// Check nnU-Net raw datasets (`mtseg datasets check DIR...`): every case readable, labels
+    /// on the image's grid and listed in dataset.json; prints the joint label space
     #[command(subcommand)]
     Datasets(commands::datasets::Command),
     Train(commands::train::Args),

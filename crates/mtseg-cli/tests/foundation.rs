@@ -111,6 +111,28 @@ fn phantoms_then_check_then_info_then_convert() {
 }
 
 #[test]
+fn every_command_says_what_it_does_in_the_help() {
+    let help = common::ok(&["--help"]);
+    let commands = help
+        .split("Commands:")
+        .nth(1)
+        .and_then(|rest| rest.split("Options:").next())
+        .expect("the help lists the commands");
+    let entries: Vec<&str> = commands
+        .lines()
+        .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+        .collect();
+    assert!(entries.len() >= 10, "{commands}");
+    for entry in entries {
+        assert!(
+            entry.split_whitespace().count() > 1,
+            "`{}` has no description in `mtseg --help`",
+            entry.trim()
+        );
+    }
+}
+
+#[test]
 fn bad_input_gets_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
