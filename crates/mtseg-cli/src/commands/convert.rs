@@ -9,7 +9,9 @@ use mtseg::io;
 /// values and world geometry.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The volume to read (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd).
     input: PathBuf,
+    /// The NIfTI file to write (.nii or .nii.gz); never the input.
     output: PathBuf,
     /// Replace OUTPUT if it exists.
     #[arg(long)]

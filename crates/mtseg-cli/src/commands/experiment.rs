@@ -19,11 +19,14 @@ pub struct Args {
     /// them, else every fifth case).
     #[arg(long, required = true, num_args = 1..)]
     datasets: Vec<PathBuf>,
+    /// Output folder: one subfolder per trained combination, and results.md, results.csv and
+    /// results.png.
     #[arg(long)]
     out: PathBuf,
     /// Settings: `paper`, `small`, `unet`, or a JSON/TOML file.
     #[arg(long, default_value = "small")]
     config: String,
+    /// Iterations of every network (overrides the configuration).
     #[arg(long)]
     iterations: Option<usize>,
     /// Output layer of every network (see `mtseg train --help`).
@@ -37,6 +40,7 @@ pub struct Args {
     /// of --datasets); `--only 0,1:union` or `:per-task` sets that network's output mode.
     #[arg(long, value_delimiter = ';')]
     only: Vec<String>,
+    /// Random seed of every network (overrides the configuration).
     #[arg(long)]
     seed: Option<u64>,
     /// Where to train and segment: mtseg's CPU kernels, or a GPU.
