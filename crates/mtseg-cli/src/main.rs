@@ -36,7 +36,7 @@ enum Command {
     Convert(commands::convert::Args),
     Phantoms(commands::phantoms::Args),
     /// Check nnU-Net raw datasets (`mtseg datasets check DIR...`): every case readable, labels
-    /// on the image's grid and listed in dataset.json; prints the joint label space
+    /// on the image's grid and listed in dataset.json; prints the joint label space.
     #[command(subcommand)]
     Datasets(commands::datasets::Command),
     Train(commands::train::Args),
@@ -101,4 +101,28 @@ fn init_logging(verbose: u8, quiet: bool) {
         .without_time()
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `mtseg -h` and every subcommand's `-h` say what each command, argument and option does.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id();
+                assert!(arg.get_help().is_some(), "`{path}`: {id} has no help");
+            }
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "`{path}` has no help");
+                check(sub, &path);
+            }
+        }
+        let cli = super::Cli::command();
+        assert!(cli.get_subcommands().count() >= 10);
+        check(&cli, "mtseg");
+    }
 }

@@ -110,67 +110,6 @@ fn phantoms_then_check_then_info_then_convert() {
     assert_clean_error(&o, "converted.nii", "--overwrite");
 }
 
-/// The entries (commands, arguments, options) of one section of a `-h` text, each with
-/// whether it has a description: beside it, or on the lines below it.
-fn help_entries<'a>(help: &'a str, section: &str) -> Vec<(&'a str, bool)> {
-    let Some(body) = help.split(&format!("\n{section}:\n")).nth(1) else {
-        return Vec::new();
-    };
-    let lines: Vec<&str> = body.lines().take_while(|l| !l.is_empty()).collect();
-    // Entries are indented by 2 (6 for a long option without a short one); wrapped or
-    // next-line descriptions by more.
-    let is_entry = |l: &str| {
-        let text = l.trim_start();
-        let indent = l.len() - text.len();
-        indent == 2 || (indent == 6 && text.starts_with("--"))
-    };
-    (0..lines.len())
-        .filter(|&i| is_entry(lines[i]))
-        .map(|i| {
-            let beside = lines[i]
-                .trim()
-                .split("  ")
-                .filter(|p| !p.trim().is_empty())
-                .count()
-                > 1;
-            let below = lines.get(i + 1).is_some_and(|next| !is_entry(next));
-            (lines[i].trim(), beside || below)
-        })
-        .collect()
-}
-
-#[test]
-fn every_command_and_option_says_what_it_does_in_the_help() {
-    let top = common::ok(&["-h"]);
-    let commands = help_entries(&top, "Commands");
-    assert!(commands.len() >= 10, "{top}");
-    let mut pending: Vec<Vec<String>> = Vec::new();
-    for (entry, described) in commands {
-        assert!(described, "`{entry}` has no description in `mtseg -h`");
-        let name = entry.split_whitespace().next().unwrap();
-        if name != "help" {
-            pending.push(vec![name.to_string()]);
-        }
-    }
-    while let Some(command) = pending.pop() {
-        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
-        args.push("-h");
-        let help = common::ok(&args);
-        for section in ["Commands", "Arguments", "Options"] {
-            for (entry, described) in help_entries(&help, section) {
-                assert!(
-                    described,
-                    "`{entry}` has no description in `mtseg {command:?} -h`"
-                );
-                let name = entry.split_whitespace().next().unwrap();
-                if section == "Commands" && name != "help" {
-                    pending.push([command.clone(), vec![name.to_string()]].concat());
-                }
-            }
-        }
-    }
-}
-
 #[test]
 fn bad_input_gets_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
