@@ -22,7 +22,7 @@ pub struct Args {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
-    /// Settings: `paper`, `small`, `unet`, or a JSON/TOML file.overriding a preset.
+    /// Settings: `paper`, `small`, `unet`, or a JSON/TOML file overriding a preset.
     #[arg(long, default_value = "small")]
     config: String,
     /// Iterations (overrides the configuration).
