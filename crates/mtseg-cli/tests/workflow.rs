@@ -233,12 +233,7 @@ fn the_unet_trains_and_segments_on_the_input_grid() {
     std::fs::write(&config, format!("{settings}PhantomBrainMRI = 3\n")).unwrap();
     let run = dir.path().join("run");
     train(&[&brain, &breast], &run, &config, 40);
-    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
-    let losses: Vec<f64> = log
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
-        .collect();
+    let losses = losses(&run);
     assert_eq!(losses.len(), 40);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     assert!(mean(&losses[30..]) < mean(&losses[..10]), "{losses:?}");
@@ -259,6 +254,77 @@ fn the_unet_trains_and_segments_on_the_input_grid() {
     for (case, _, side) in predictions(&scans, &pred) {
         assert_eq!(side["task_selection"], "task head", "{case}");
     }
+}
+
+/// The loss of every iteration in a run's log.
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("log.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+/// `--init-weights` starts from a trained model: the first step's loss is the trained model's,
+/// not a fresh network's; a model of other tasks or another network is refused, by name.
+#[test]
+fn fine_tuning_starts_from_the_given_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (brain, breast, config) = setup(dir.path());
+    let trained = dir.path().join("trained");
+    train(&[&brain, &breast], &trained, &config, 80);
+    let model = trained.join("model.mtseg");
+
+    let fresh = dir.path().join("fresh");
+    train(&[&brain, &breast], &fresh, &config, 1);
+    let tuned = dir.path().join("tuned");
+    ok(&[
+        "-q",
+        "train",
+        "--datasets",
+        s(&brain),
+        s(&breast),
+        "--out",
+        s(&tuned),
+        "--config",
+        s(&config),
+        "--iterations",
+        "1",
+        "--init-weights",
+        s(&model),
+    ]);
+    let (trained_loss, fresh_loss, tuned_loss) =
+        (losses(&trained), losses(&fresh)[0], losses(&tuned)[0]);
+    let settled = trained_loss[70..].iter().sum::<f64>() / 10.0;
+    assert!(
+        tuned_loss < 0.5 * (settled + fresh_loss),
+        "first loss {tuned_loss} from the trained model ({settled}), {fresh_loss} from scratch"
+    );
+
+    let refused = |datasets: &[&Path], config: &Path| {
+        let mut args = vec!["-q", "train", "--datasets"];
+        args.extend(datasets.iter().map(|d| s(d)));
+        let out = dir.path().join("refused");
+        args.extend(["--out", s(&out), "--config", s(config)]);
+        args.extend(["--init-weights", s(&model)]);
+        let run = mtseg(&args);
+        assert!(!run.status.success());
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let err = refused(&[&brain], &config);
+    assert!(
+        err.contains("model.mtseg") && err.contains("trained on tasks"),
+        "{err}"
+    );
+    let wider = dir.path().join("wider.toml");
+    let settings = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&wider, settings.replace("kernels = 6", "kernels = 8")).unwrap();
+    let err = refused(&[&brain, &breast], &wider);
+    assert!(
+        err.contains("model.mtseg") && err.contains("network settings differ"),
+        "{err}"
+    );
 }
 
 #[test]

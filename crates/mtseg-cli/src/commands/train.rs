@@ -36,6 +36,10 @@ pub struct Args {
     /// Continue from OUT/checkpoint.mtseg.
     #[arg(long)]
     resume: bool,
+    /// Start from this model's weights (fine-tuning, e.g. the shipped model on more data of
+    /// its tasks): same tasks and network settings; optimizer and schedule start afresh.
+    #[arg(long, value_name = "MODEL")]
+    init_weights: Option<PathBuf>,
     /// Stop after this many minutes (the model and a checkpoint are written).
     #[arg(long)]
     minutes: Option<f64>,
@@ -138,6 +142,7 @@ pub fn run(args: Args) -> Result<()> {
         out: args.out,
         preset,
         resume: args.resume,
+        init_weights: args.init_weights,
         time_budget: args.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
         splits: None,
         hardware: args.device.into(),

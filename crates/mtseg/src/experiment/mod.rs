@@ -178,6 +178,7 @@ fn run_one(
         out: folder.to_path_buf(),
         preset,
         resume: true,
+        init_weights: None,
         time_budget: None,
         splits: Some(spec.tasks.iter().map(|&t| splits[t].clone()).collect()),
         hardware: request.hardware,

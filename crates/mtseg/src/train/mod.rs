@@ -42,6 +42,10 @@ pub struct TrainRequest {
     pub preset: Preset,
     /// Continue from `out/checkpoint.mtseg`.
     pub resume: bool,
+    /// Start from this trained model's weights instead of random ones (fine-tuning): same
+    /// tasks and network, a fresh optimizer and learning-rate schedule. A checkpoint to resume
+    /// from wins over it.
+    pub init_weights: Option<PathBuf>,
     /// Stop (with a checkpoint and a model) after this much wall time.
     pub time_budget: Option<Duration>,
     /// Train on these cases instead of each task's split (task name -> split).
@@ -280,7 +284,12 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         checkpoint_path(&request.out).is_file() || previous_checkpoint_path(&request.out).is_file();
     let (mut net, mut optimizer, mut state) = if request.resume && has_checkpoint {
         let file = load_checkpoint(&request.out, observer)?;
-        check_compatible(&file.meta, &meta, &checkpoint_path(&request.out))?;
+        check_compatible(
+            &file.meta,
+            &meta,
+            &checkpoint_path(&request.out),
+            Origin::Checkpoint,
+        )?;
         let net = Network::from_bytes(
             &file.meta,
             &file.weights,
@@ -308,7 +317,15 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         if request.resume {
             observer.message("no checkpoint to resume from: starting afresh");
         }
-        let net = Network::init(&meta, config.seed, &device);
+        let net = match &request.init_weights {
+            Some(path) => {
+                let file = ModelFile::load(path)?;
+                check_compatible(&file.meta, &meta, path, Origin::Model)?;
+                observer.message(&format!("starting from the weights of {}", path.display()));
+                Network::from_bytes(&file.meta, &file.weights, &device, path)?
+            }
+            None => Network::init(&meta, config.seed, &device),
+        };
         let state = TrainerState {
             iteration: 0,
             sampler: BalancedSampler::new(config.seed),
@@ -518,25 +535,48 @@ fn write_model(out: &Path, meta: &ModelMeta, evaluation_net: &Network) -> Result
     .save(&model_path(out))
 }
 
-/// A checkpoint can only continue the same training: same tasks, labels and network.
-fn check_compatible(found: &ModelMeta, wanted: &ModelMeta, path: &Path) -> Result<()> {
+/// Where training continues from: a checkpoint continues the same training (same tasks,
+/// labels, network, tile and crop), a model to start from needs the same tasks, labels and
+/// network.
+#[derive(Clone, Copy, PartialEq)]
+enum Origin {
+    Checkpoint,
+    Model,
+}
+
+fn check_compatible(
+    found: &ModelMeta,
+    wanted: &ModelMeta,
+    path: &Path,
+    origin: Origin,
+) -> Result<()> {
+    let (what, advice) = match origin {
+        Origin::Checkpoint => ("checkpoint", "use another --out folder"),
+        Origin::Model => ("model", "train with the model's datasets"),
+    };
     if found.label_space != wanted.label_space {
         return Err(Error::invalid(
             path,
             format!(
-                "the checkpoint was trained on tasks {:?}, not {:?}: use another --out folder",
+                "the {what} was trained on tasks {:?}, not {:?}: {advice}",
                 found.task_names(),
                 wanted.task_names()
             ),
         ));
     }
-    if found.network != wanted.network
-        || found.training.tile != wanted.training.tile
-        || found.training.crop != wanted.training.crop
+    if found.network != wanted.network {
+        return Err(Error::invalid(
+            path,
+            format!("the {what}'s network settings differ from the requested ones"),
+        ));
+    }
+    if origin == Origin::Checkpoint
+        && (found.training.tile != wanted.training.tile
+            || found.training.crop != wanted.training.crop)
     {
         return Err(Error::invalid(
             path,
-            "the checkpoint's network, tile or crop settings differ from the requested ones",
+            "the checkpoint's tile or crop settings differ from the requested ones",
         ));
     }
     Ok(())
