@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long)]
     resume: bool,
     /// Start from this model's weights (fine-tuning, e.g. the shipped model on more data of
-    /// its tasks): same tasks and network settings; optimizer and schedule start afresh.
+    /// its tasks): same tasks and network settings; optimizer and schedule start afresh. A
+    /// checkpoint that --resume finds wins over it.
     #[arg(long, value_name = "MODEL")]
     init_weights: Option<PathBuf>,
     /// Stop after this many minutes (the model and a checkpoint are written).

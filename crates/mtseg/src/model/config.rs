@@ -406,6 +406,7 @@ mod tests {
         let (unet, triplanar) = (Architecture::UNet, Architecture::Triplanar);
         for (file, architecture, blur) in [
             ("models/unet.toml", unet, 0.5),
+            ("models/unet-finetune.toml", unet, 0.5),
             ("models/triplanar.toml", triplanar, 0.0),
             ("docs/results/real-data.toml", triplanar, 0.0),
             ("docs/results/unet-brain-only.toml", unet, 0.5),
@@ -417,5 +418,15 @@ mod tests {
             assert_eq!(p.network.architecture, architecture, "{file}");
             assert_eq!(p.training.blur_probability, blur, "{file}");
         }
+        // The fine-tuning starts from unet.toml's model, so it must describe the same network.
+        let network = |file: &str| {
+            Preset::named_or_file(root.join(file).to_str().unwrap())
+                .unwrap()
+                .network
+        };
+        assert_eq!(
+            network("models/unet-finetune.toml"),
+            network("models/unet.toml")
+        );
     }
 }
