@@ -41,6 +41,11 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn train(datasets: &[&Path], run: &Path, config: &Path, iterations: usize) {
+    train_with(datasets, run, config, iterations, &[]);
+}
+
+/// `train` with more options.
+fn train_with(datasets: &[&Path], run: &Path, config: &Path, iterations: usize, more: &[&str]) {
     let iterations = iterations.to_string();
     let mut args = vec!["-q", "train", "--datasets"];
     args.extend(datasets.iter().map(|d| s(d)));
@@ -52,6 +57,7 @@ fn train(datasets: &[&Path], run: &Path, config: &Path, iterations: usize) {
         "--iterations",
         &iterations,
     ]);
+    args.extend(more);
     ok(&args);
 }
 
@@ -279,21 +285,8 @@ fn fine_tuning_starts_from_the_given_model() {
     let fresh = dir.path().join("fresh");
     train(&[&brain, &breast], &fresh, &config, 1);
     let tuned = dir.path().join("tuned");
-    ok(&[
-        "-q",
-        "train",
-        "--datasets",
-        s(&brain),
-        s(&breast),
-        "--out",
-        s(&tuned),
-        "--config",
-        s(&config),
-        "--iterations",
-        "1",
-        "--init-weights",
-        s(&model),
-    ]);
+    let init = ["--init-weights", s(&model)];
+    train_with(&[&brain, &breast], &tuned, &config, 1, &init);
     let (trained_loss, fresh_loss, tuned_loss) =
         (losses(&trained), losses(&fresh)[0], losses(&tuned)[0]);
     let settled = trained_loss[70..].iter().sum::<f64>() / 10.0;
