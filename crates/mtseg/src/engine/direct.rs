@@ -1,6 +1,6 @@
 //! The 3x3 convolution's sums as a direct SIMD kernel, for CPUs with AVX-512 or AVX2 and FMA:
 //! the forward pass (one output row at a time) and the weight gradient of training. A block
-//! of rows of sums (3 to 24 rows of one to four vectors of output channels, as many as the
+//! of rows of sums (6 to 24 rows of one to four vectors of output channels, as many as the
 //! registers hold) stays in registers while the terms stream past: nothing is packed, partial sums never go back to
 //! memory, and each result is written once. The matrix products of `conv.rs` compute the
 //! same sums where this kernel does not apply (another CPU, or co not a multiple of 8).
@@ -189,10 +189,12 @@ unsafe fn run(isa: Isa, panel: &Panel) {
 }
 
 /// One kernel per instruction set, the same code over its vector type: `$lanes` floats a
-/// vector, about `$registers` accumulators (of 32 vector registers with AVX-512, 16 with
-/// AVX2; the b row can also be read by the multiply-adds straight from memory).
+/// vector, about `$registers` accumulators and at most `$vectors` vectors of channels per
+/// block, so that the accumulators, the block's b row and one broadcast input fit the
+/// vector registers (32 with AVX-512, 16 with AVX2: with four vectors of b, AVX2's twelve
+/// accumulators spilled to the stack inside the loop).
 macro_rules! kernel {
-    ($isa:ident, $feature:literal, $lanes:literal, $registers:literal,
+    ($isa:ident, $feature:literal, $lanes:literal, $registers:literal, $vectors:literal,
      $zero:ident, $load:ident, $broadcast:ident, $fma:ident, $store:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
@@ -205,11 +207,11 @@ macro_rules! kernel {
             /// SAFETY: the CPU has the instruction set; `panel`'s pointers cover its extents.
             #[target_feature(enable = $feature)]
             pub unsafe fn panel(panel: &Panel) {
-                // Output channels in chunks of at most four vectors; rows per block so that
-                // the accumulators fill the registers.
+                // Output channels in chunks of at most `$vectors` vectors; rows per block so
+                // that the accumulators fill the registers.
                 let mut c0 = 0;
                 while c0 < panel.co {
-                    let vectors = ((panel.co - c0) / LANES).min(4);
+                    let vectors = ((panel.co - c0) / LANES).min($vectors);
                     unsafe {
                         match vectors {
                             4 => chunk::<4, { $registers / 4 }>(panel, c0),
@@ -296,6 +298,7 @@ kernel!(
     "avx512f",
     16,
     24,
+    4,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     _mm512_broadcastss_ps,
@@ -307,6 +310,7 @@ kernel!(
     "avx2,fma",
     8,
     12,
+    2,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     _mm256_broadcastss_ps,
