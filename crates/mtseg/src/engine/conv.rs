@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::direct::{self, Isa};
 use super::matmul::{View, matmul};
+use super::winograd::PreparedConv;
 
 /// Weights as `[dy][dx][ci][co]`: three row-major (3ci x co) matrices, one per dy.
 #[derive(Clone, Debug, PartialEq)]
@@ -229,21 +230,21 @@ pub fn backward_image(
 /// It is the valid convolution of `dz` padded by two with the flipped kernel
 /// ([`Conv3x3::flipped`]), so it runs on the forward pass's kernels.
 pub fn input_gradient(
-    flipped: &Conv3x3,
+    flipped: &PreparedConv,
     dz: &[f32],
     h: usize,
     w: usize,
     dx: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
-    let co = flipped.ci;
+    let co = flipped.conv.ci;
     let (ho, wo) = (h - 2, w - 2);
     let (hp, wp) = (h + 2, w + 2);
     let mut padded = vec![0f32; hp * wp * co];
     for y in 0..ho {
         padded[((y + 2) * wp + 2) * co..][..wo * co].copy_from_slice(&dz[y * wo * co..][..wo * co]);
     }
-    forward_image(flipped, &padded, hp, wp, dx, scratch, 1, &|_| {});
+    flipped.forward_image(&padded, hp, wp, dx, scratch, 1, &|_| {});
 }
 
 #[cfg(test)]
@@ -333,7 +334,14 @@ pub(crate) mod tests {
                 }
             }
             let mut dx = vec![f32::NAN; h * w * ci];
-            input_gradient(&c.flipped(), &dz, h, w, &mut dx, &mut Vec::new());
+            input_gradient(
+                &PreparedConv::new(c.flipped()),
+                &dz,
+                h,
+                w,
+                &mut dx,
+                &mut Vec::new(),
+            );
             for (i, (a, b)) in dx.iter().zip(&expected).enumerate() {
                 assert!(
                     (*a as f64 - b).abs() < 1e-4,
@@ -365,7 +373,14 @@ pub(crate) mod tests {
         let mut db = vec![0f32; co];
         let mut dx = vec![0f32; x.len()];
         backward_image(&c, &x, h, w, &g, &mut dw, &mut db);
-        input_gradient(&c.flipped(), &g, h, w, &mut dx, &mut Vec::new());
+        input_gradient(
+            &PreparedConv::new(c.flipped()),
+            &g,
+            h,
+            w,
+            &mut dx,
+            &mut Vec::new(),
+        );
         let eps = 1e-2;
         for i in [0, 5, x.len() - 1, x.len() / 2] {
             let (mut p, mut q) = (x.clone(), x.clone());

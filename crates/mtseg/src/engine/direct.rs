@@ -24,7 +24,8 @@ struct Panel {
     steps: usize,
     rows: usize,
     co: usize,
-    /// Initial values: row i at `init + i * init_row` (0: the same row, a bias, for all).
+    /// Initial values: row i at `init + i * init_row` (0: the same row, a bias, for all);
+    /// null: zeros.
     init: *const f32,
     init_row: usize,
     /// Row i at `out + i * co`.
@@ -102,6 +103,42 @@ pub fn forward_row(conv: &Conv3x3, isa: Isa, x: &[f32], w: usize, y: usize, out_
     };
     // SAFETY: the largest input index is (y + 2) w ci + (w - 3) ci + 3 ci - 1 < (y + 3) w ci,
     // the largest weight index 9 ci co - 1, the largest output (w - 2) co - 1: all checked.
+    unsafe { run(isa, &panel) };
+}
+
+/// `out = a * b` for row-major `a` (`rows x k`), `b` (`k x co`) and `out` (`rows x co`):
+/// a plain matrix product on the kernel (the sixteen products of Winograd's transform).
+/// `isa` must support `co` on this CPU.
+pub fn matrix_product(
+    isa: Isa,
+    a: &[f32],
+    b: &[f32],
+    rows: usize,
+    k: usize,
+    co: usize,
+    out: &mut [f32],
+) {
+    assert!(
+        extent(&[rows, k]) <= a.len()
+            && extent(&[k, co]) <= b.len()
+            && extent(&[rows, co]) <= out.len(),
+        "matrix product: operands out of bounds"
+    );
+    let panel = Panel {
+        a: [a.as_ptr(); 3],
+        b: [b.as_ptr(); 3],
+        segments: 1,
+        a_row: k,
+        a_step: 1,
+        steps: k,
+        rows,
+        co,
+        init: std::ptr::null(),
+        init_row: 0,
+        out: out.as_mut_ptr(),
+    };
+    // SAFETY: the largest index of a is rows k - 1, of b k co - 1, of out rows co - 1: all
+    // checked.
     unsafe { run(isa, &panel) };
 }
 
@@ -253,12 +290,14 @@ macro_rules! kernel {
                 let co = panel.co;
                 unsafe {
                     let mut acc = [[$zero(); NV]; PB];
-                    let mut init = panel.init.wrapping_add(i0 * panel.init_row + c0);
-                    for row in acc.iter_mut() {
-                        for (v, value) in row.iter_mut().enumerate() {
-                            *value = $load(init.wrapping_add(v * LANES));
+                    if !panel.init.is_null() {
+                        let mut init = panel.init.wrapping_add(i0 * panel.init_row + c0);
+                        for row in acc.iter_mut() {
+                            for (v, value) in row.iter_mut().enumerate() {
+                                *value = $load(init.wrapping_add(v * LANES));
+                            }
+                            init = init.wrapping_add(panel.init_row);
                         }
-                        init = init.wrapping_add(panel.init_row);
                     }
                     for segment in 0..panel.segments {
                         let mut a = panel.a[segment].wrapping_add(i0 * panel.a_row);

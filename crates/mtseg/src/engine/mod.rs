@@ -1,8 +1,8 @@
 //! mtseg's own CPU kernels for the triplanar network: forward and backward for training,
 //! and fused, batch-norm-folded inference (the U-Net's inference too, `unet`); the
-//! convolutions on a SIMD kernel of our own (`direct`), the dense layers on the `gemm` crate,
-//! both cores through rayon. The burn network
-//! holds the weights and is the reference the kernels are tested against; on the CPU these
+//! convolutions on a SIMD kernel of our own (`direct`), most of them through Winograd's
+//! transform (`winograd`), the dense layers on the `gemm` crate, both cores through rayon.
+//! The burn network holds the weights and is the reference the kernels are tested against; on the CPU these
 //! kernels are the one path users run.
 
 pub mod activation;
@@ -13,6 +13,7 @@ pub mod network;
 pub mod params;
 pub mod train;
 pub mod unet;
+pub mod winograd;
 
 pub use network::{CpuNetwork, FoldedNetwork};
 pub use params::{ParamStore, write_values};

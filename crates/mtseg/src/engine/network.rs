@@ -5,9 +5,10 @@
 use rayon::prelude::*;
 
 use super::activation::elu_in_place;
-use super::conv::{Conv3x3, forward_image};
+use super::conv::Conv3x3;
 use super::matmul::{View, matmul};
 use super::params::ParamStore;
+use super::winograd::PreparedConv;
 use crate::infer::Engine;
 use crate::model::{Orientation, TriplanarNet};
 
@@ -153,7 +154,12 @@ impl CpuNetwork {
         let branches = self
             .branches
             .iter()
-            .map(|layers| layers.iter().map(|l| l.folded()).collect())
+            .map(|layers| {
+                layers
+                    .iter()
+                    .map(|l| PreparedConv::new(l.folded()))
+                    .collect()
+            })
             .collect();
         FoldedNetwork {
             branches,
@@ -169,7 +175,7 @@ impl CpuNetwork {
 /// The network ready for dense inference.
 #[derive(Clone, Debug)]
 pub struct FoldedNetwork {
-    pub branches: Vec<Vec<Conv3x3>>,
+    pub branches: Vec<Vec<PreparedConv>>,
     pub fc1: Dense,
     pub fc2: Dense,
     pub classes: Dense,
@@ -185,7 +191,7 @@ impl FoldedNetwork {
     /// One image through a branch: `h x w` in, `(h - 2d) x (w - 2d) x K` out.
     fn branch_image(
         &self,
-        layers: &[Conv3x3],
+        layers: &[PreparedConv],
         image: &[f32],
         h: usize,
         w: usize,
@@ -197,9 +203,8 @@ impl FoldedNetwork {
         let (mut ch, mut cw) = (h, w);
         let mut scratch = Vec::new();
         for conv in layers {
-            next.resize((ch - 2) * (cw - 2) * conv.co, 0.0);
-            forward_image(
-                conv,
+            next.resize((ch - 2) * (cw - 2) * conv.conv.co, 0.0);
+            conv.forward_image(
                 &current,
                 ch,
                 cw,

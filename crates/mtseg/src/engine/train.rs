@@ -10,9 +10,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::activation::{elu, elu_derivative_from_output};
-use super::conv::{backward_image, forward_image, input_gradient};
+use super::conv::{backward_image, input_gradient};
 use super::matmul::{View, matmul};
 use super::network::{CpuNetwork, Dense};
+use super::winograd::PreparedConv;
 use crate::data::Batch;
 use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig};
 use crate::train::loss::voxel_weights;
@@ -56,11 +57,12 @@ fn branch_forward(
         let (ho, wo) = (h - 2, w - 2);
         let in_size = h * w * layer.conv.ci;
         let out_size = ho * wo * co;
+        let conv = PreparedConv::new(layer.conv.clone());
         let mut z = vec![0f32; n * out_size];
         z.par_chunks_mut(out_size)
             .zip(x.par_chunks(in_size))
             .for_each_init(Vec::new, |scratch, (out, image)| {
-                forward_image(&layer.conv, image, h, w, out, scratch, 1, &|_| {});
+                conv.forward_image(image, h, w, out, scratch, 1, &|_| {});
             });
         let count = (n * ho * wo) as f64;
         let (sum, sum2) = channel_sums(&z, co);
@@ -284,7 +286,7 @@ fn branch_backward(
             (0..n).map(|_| None).collect()
         };
         let weight_len = layer.conv.weight.len();
-        let flipped = need_dx.then(|| layer.conv.flipped());
+        let flipped = need_dx.then(|| PreparedConv::new(layer.conv.flipped()));
         let parts = d_output
             .par_chunks(out_size)
             .zip(x.par_chunks(in_size))

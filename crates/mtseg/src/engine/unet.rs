@@ -5,9 +5,10 @@
 
 use rayon::prelude::*;
 
-use super::conv::{Conv3x3, forward_image};
+use super::conv::Conv3x3;
 use super::matmul::{View, matmul};
 use super::network::{BranchLayer, Dense};
+use super::winograd::PreparedConv;
 use crate::infer::burn_engine::values;
 use crate::model::UNet;
 use crate::model::unet::{Block, INPUT_CHANNELS};
@@ -23,9 +24,9 @@ fn bias_or_zeros(bias: &Option<Param<Tensor<1>>>, outputs: usize) -> Vec<f32> {
 }
 
 /// A 3x3 convolution with the batch norm after it folded in (running statistics).
-fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> Conv3x3 {
+fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> PreparedConv {
     let [co, ci, _, _] = conv.weight.dims();
-    BranchLayer {
+    let layer = BranchLayer {
         conv: Conv3x3::from_oihw(
             ci,
             co,
@@ -37,8 +38,8 @@ fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> Conv3x3 {
         running_mean: values(norm.running_mean.value()),
         running_var: values(norm.running_var.value()),
         epsilon: norm.epsilon as f32,
-    }
-    .folded()
+    };
+    PreparedConv::new(layer.folded())
 }
 
 /// A 1x1 convolution as a dense layer over pixels.
@@ -120,8 +121,8 @@ impl UpConv {
 /// Two folded 3x3 convolutions with ReLU, keeping the size (zero padding, as burn's).
 #[derive(Clone, Debug)]
 struct FoldedBlock {
-    first: Conv3x3,
-    second: Conv3x3,
+    first: PreparedConv,
+    second: PreparedConv,
 }
 
 impl FoldedBlock {
@@ -139,20 +140,20 @@ impl FoldedBlock {
 }
 
 /// `h x w x ci` to `h x w x co`: the input zero-padded by one pixel, convolved, ReLU.
-fn same_conv_relu(conv: &Conv3x3, x: &[f32], h: usize, w: usize) -> Vec<f32> {
-    let ci = conv.ci;
+fn same_conv_relu(conv: &PreparedConv, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let ci = conv.conv.ci;
     let (hp, wp) = (h + 2, w + 2);
     let mut padded = vec![0f32; hp * wp * ci];
     for (y, row) in x.chunks(w * ci).enumerate() {
         padded[((y + 1) * wp + 1) * ci..][..w * ci].copy_from_slice(row);
     }
-    let mut out = vec![0f32; h * w * conv.co];
+    let mut out = vec![0f32; h * w * conv.conv.co];
     let relu = |row: &mut [f32]| {
         for v in row {
             *v = v.max(0.0);
         }
     };
-    forward_image(conv, &padded, hp, wp, &mut out, &mut Vec::new(), 1, &relu);
+    conv.forward_image(&padded, hp, wp, &mut out, &mut Vec::new(), 1, &relu);
     out
 }
 
@@ -232,7 +233,7 @@ impl FoldedUNet {
         let (mut x, mut h, mut w) = (image.to_vec(), h, w);
         for (level, block) in self.encoder.iter().enumerate() {
             if level > 0 {
-                x = max_pool(&x, h, w, block.first.ci);
+                x = max_pool(&x, h, w, block.first.conv.ci);
                 (h, w) = (h / 2, w / 2);
             }
             x = block.forward(&x, h, w);
