@@ -274,6 +274,13 @@ pub(crate) mod tests {
         out
     }
 
+    /// An `h x w x ci` test image, values in [-0.4, 0.6).
+    pub(crate) fn image(h: usize, w: usize, ci: usize) -> Vec<f32> {
+        (0..h * w * ci)
+            .map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.4)
+            .collect()
+    }
+
     pub(crate) fn conv(ci: usize, co: usize) -> Conv3x3 {
         Conv3x3 {
             ci,

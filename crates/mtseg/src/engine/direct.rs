@@ -361,13 +361,7 @@ kernel!(
 mod tests {
     use super::*;
     use crate::engine::conv::forward_image;
-    use crate::engine::conv::tests::{conv, reference};
-
-    fn image(h: usize, w: usize, ci: usize) -> Vec<f32> {
-        (0..h * w * ci)
-            .map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.4)
-            .collect()
-    }
+    use crate::engine::conv::tests::{conv, image, reference};
 
     fn assert_close(got: &[f32], expected: &[f32], what: &str) {
         assert_eq!(got.len(), expected.len());

@@ -365,13 +365,7 @@ mod compiled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::conv::tests::{conv, reference};
-
-    fn image(h: usize, w: usize, ci: usize) -> Vec<f32> {
-        (0..h * w * ci)
-            .map(|i| ((i * 7919) % 211) as f32 / 60.0 - 1.5)
-            .collect()
-    }
+    use crate::engine::conv::tests::{conv, image, reference};
 
     /// Even and odd sizes (a last row on the direct kernel, a last tile overlapping its
     /// neighbour), batches of tiles whole and partial, one and two threads, the epilogue.
