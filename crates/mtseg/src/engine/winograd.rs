@@ -152,6 +152,10 @@ fn tile_row(
         buffers.resize(v_len + m_len, 0.0);
     }
     let (v, m) = buffers.split_at_mut(v_len);
+    assert!(
+        isa.supports(co),
+        "Winograd convolution: {isa:?} cannot run {co} channels here"
+    );
     for t0 in (0..tiles).step_by(TILES) {
         let n = TILES.min(tiles - t0);
         let batch = Batch {
@@ -162,11 +166,7 @@ fn tile_row(
             t0,
             n,
         };
-        assert!(
-            isa.supports(co),
-            "Winograd convolution: {isa:?} cannot run {co} channels here"
-        );
-        // SAFETY: this CPU has the instruction set (checked just above).
+        // SAFETY: this CPU has the instruction set (checked before the loop).
         unsafe { compiled::inputs(isa, &batch, x, v) };
         for k in 0..16 {
             direct::matrix_product(
