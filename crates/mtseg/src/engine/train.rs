@@ -291,12 +291,12 @@ fn branch_backward(
             .par_chunks(out_size)
             .zip(x.par_chunks(in_size))
             .zip(dx_parts.par_iter_mut())
-            .map(|((dz, image), dx)| {
+            .map_init(Vec::new, |scratch, ((dz, image), dx)| {
                 let mut dw = vec![0f32; weight_len];
                 let mut db = vec![0f32; co];
                 backward_image(&layer.conv, image, h, w, dz, &mut dw, &mut db);
                 if let (Some(dx), Some(flipped)) = (dx.as_deref_mut(), &flipped) {
-                    input_gradient(flipped, dz, h, w, dx, &mut Vec::new());
+                    input_gradient(flipped, dz, h, w, dx, scratch);
                 }
                 (dw, db)
             })

@@ -147,7 +147,9 @@ fn tile_row(
 ) {
     let (ci, co) = (conv.ci, conv.co);
     let tiles = (w - 2).div_ceil(2);
-    let (v_len, m_len) = (16 * TILES * ci, 16 * TILES * co);
+    // Narrow images (training's patches) need less than a whole batch: less to clear.
+    let most = TILES.min(tiles);
+    let (v_len, m_len) = (16 * most * ci, 16 * most * co);
     if buffers.len() < v_len + m_len {
         buffers.resize(v_len + m_len, 0.0);
     }
