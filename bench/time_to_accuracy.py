@@ -295,7 +295,7 @@ def report(args, mtseg_rows, torch_rows):
     # PyTorch stops once it holds --target: nothing is known about higher values.
     stopped = first_holding(torch_rows, args.target) is not None
     print(f"{'':15}{'first validation at the value':<50}held: two of three validations")
-    print(f"{'value':<15}" + f"{'mtseg':<12}{'pytorch':<18}{'speed-up':<20}" * 2)
+    print((f"{'value':<15}" + f"{'mtseg':<12}{'pytorch':<18}{'speed-up':<20}" * 2).rstrip())
     for target in sorted({args.target, *args.report}):
         cells = []
         for when in (first_reaching, first_holding):
