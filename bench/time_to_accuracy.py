@@ -18,6 +18,8 @@ over the whole volume. Only training time counts (sampling included, validation 
 PyTorch trains until it holds --target mean Dice (two of three validations in a row at or
 above it) or for --max-seconds. Prints when each first reaches --target and each of the
 --report values, at one validation and held, with the ratios, and writes a CSV of both curves.
+--torch-csv reads PyTorch's curve from an earlier run's CSV instead (the same phantoms and
+seed), to score another mtseg setting against the same reference.
 Needs a Python with torch, numpy and nibabel:
 
     python3 -m venv torchenv && torchenv/bin/pip install torch numpy nibabel
@@ -239,6 +241,13 @@ def train_torch(args, network, train, validation, classes):
     return rows
 
 
+def earlier_torch_rows(path):
+    """PyTorch's rows of an earlier run's CSV, as train_torch returns them."""
+    with open(path) as f:
+        return [("pytorch", int(r["iteration"]), float(r["training_seconds"]), float(r["val_mean_dice"]))
+                for r in csv.DictReader(f) if r["trainer"] == "pytorch"]
+
+
 # ---- mtseg ---------------------------------------------------------------------------
 
 
@@ -324,6 +333,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-mtseg", action="store_true", help="reuse OUT/mtseg-model/log.csv")
+    parser.add_argument("--torch-csv", type=pathlib.Path,
+                        help="reuse PyTorch's curve from an earlier run's time_to_accuracy.csv (same phantoms, "
+                             "seed and task mix) instead of training it again")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -346,10 +358,14 @@ def main():
 
     print(f"mtseg: tile {training['tile']}, {args.mtseg_cubes} cubes per batch", flush=True)
     mtseg_rows = train_mtseg(args, datasets)
-    print(f"pytorch {torch.__version__}: the paper's sampling, {args.torch_per_task} voxels per task and batch, "
-          f"Adam lr {args.torch_lr}", flush=True)
-    train, validation, classes = load_tasks(phantoms, network["depth"])
-    torch_rows = train_torch(args, network, train, validation, classes)
+    if args.torch_csv:
+        print(f"pytorch: the curve in {args.torch_csv}", flush=True)
+        torch_rows = earlier_torch_rows(args.torch_csv)
+    else:
+        print(f"pytorch {torch.__version__}: the paper's sampling, {args.torch_per_task} voxels per task and "
+              f"batch, Adam lr {args.torch_lr}", flush=True)
+        train, validation, classes = load_tasks(phantoms, network["depth"])
+        torch_rows = train_torch(args, network, train, validation, classes)
 
     with open(args.out / "time_to_accuracy.csv", "w", newline="") as f:
         w = csv.writer(f)
