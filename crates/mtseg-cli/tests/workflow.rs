@@ -1,6 +1,6 @@
 //! End-to-end tests of the paper's workflow on generated phantoms: train, segment (files and
 //! folders, with and without a task), evaluate, overlay, experiment (with resume), demo, the
-//! U-Net architecture, and the shipped model used when no --model is given.
+//! U-Net architecture, the shipped model used when no --model is given, and `bench --quick`.
 
 use std::path::{Path, PathBuf};
 
@@ -508,4 +508,40 @@ fn several_devices_train_only_on_gpus() {
     let none = train(&["--device", "gpu", "--gpus", "0"]);
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("--gpus"));
+}
+
+/// `bench --quick` (what CI runs) prints the table, and `--json` one object with mtseg's
+/// figures; a figure that was skipped (`--no-training`) is "not run" and null, not a 0.
+#[test]
+fn bench_quick_reports_its_figures_and_what_it_skipped() {
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&ok(args)).expect("bench --json prints one JSON object")
+    };
+    let all = json(&["-q", "bench", "--quick", "--json"]);
+    for figure in ["train_samples_per_s", "slice_seconds", "volume_seconds"] {
+        assert!(all[figure].as_f64().unwrap() > 0.0, "{figure}: {all}");
+    }
+    assert!(!all["tile_voxels_per_s"].as_array().unwrap().is_empty());
+
+    let inference = json(&["-q", "bench", "--quick", "--no-training", "--json"]);
+    assert!(inference["train_samples_per_s"].is_null(), "{inference}");
+    assert!(inference["train_gflops"].is_null());
+    assert!(
+        inference["tile_voxels_per_s"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(inference["slice_seconds"].as_f64().unwrap() > 0.0);
+
+    let table = ok(&["-q", "bench", "--quick", "--no-training"]);
+    assert!(
+        table.contains("| (a) training, samples/s (64 voxels x three 51x51 patches) | not run | not run | n/a | not run |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| (b) one branch, 256x256 slice, s |"),
+        "{table}"
+    );
+    assert!(!table.contains("dense output tiles"), "{table}");
 }

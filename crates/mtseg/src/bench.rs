@@ -37,7 +37,7 @@ pub struct BenchOptions {
     pub torch_python: Option<PathBuf>,
     pub torch_script: PathBuf,
     pub repetitions: usize,
-    /// Measure training (figure a and the tiles); skipping it leaves them at 0.
+    /// Measure training (figure a and the tiles); skipped, they are reported as not run.
     pub training: bool,
     /// mtseg's CPU kernels, or burn on a GPU (PyTorch then runs on CUDA).
     pub hardware: Hardware,
@@ -68,8 +68,9 @@ pub struct BenchReport {
     pub sgemm_gflops: f64,
     /// The side of that matrix product.
     pub sgemm_size: usize,
-    pub train_samples_per_s: f64,
-    pub train_gflops: f64,
+    /// Figure (a); `None` when training was not measured (`--no-training`).
+    pub train_samples_per_s: Option<f64>,
+    pub train_gflops: Option<f64>,
     pub slice_seconds: f64,
     pub slice_gflops: f64,
     pub volume_seconds: f64,
@@ -422,11 +423,10 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
 
     progress("training, 64 voxels x three 51x51 patches");
     let batch = random_batch(64, 1, rf, classes, &mut rng);
-    let step = if options.training {
-        train_seconds(&meta, &batch, reps, options.hardware, &device)?
-    } else {
-        f64::INFINITY
-    };
+    let step = options
+        .training
+        .then(|| train_seconds(&meta, &batch, reps, options.hardware, &device))
+        .transpose()?;
     let train_flops =
         3.0 * 64.0 * (3.0 * branch_flops(config, rf, rf) + head_flops(config, 1, classes));
 
@@ -499,8 +499,8 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
         threads: rayon::current_num_threads(),
         sgemm_gflops: sgemm,
         sgemm_size,
-        train_samples_per_s: 64.0 / step,
-        train_gflops: train_flops / step / 1e9,
+        train_samples_per_s: step.map(|step| 64.0 / step),
+        train_gflops: step.map(|step| train_flops / step / 1e9),
         slice_seconds,
         slice_gflops: slice_flops / slice_seconds / 1e9,
         volume_seconds,
@@ -556,9 +556,17 @@ impl BenchReport {
             }
         );
         out.push_str("| figure | mtseg | PyTorch | mtseg / PyTorch | mtseg GFLOP/s (share of the faster sgemm) |\n|---|---|---|---|---|\n");
+        let (train_ratio, train_gflops) = match (self.train_samples_per_s, self.train_gflops) {
+            (Some(ours), Some(gflops)) => (
+                ratio(ours, t_train, true),
+                format!("{gflops:.0} ({})", share(gflops)),
+            ),
+            _ => ("n/a".to_string(), "not run".to_string()),
+        };
         out.push_str(&format!(
-            "| (a) training, samples/s (64 voxels x three 51x51 patches) | {:.1} | {} | {} | {:.0} ({}) |\n",
-            self.train_samples_per_s, fmt(t_train, 1), ratio(self.train_samples_per_s, t_train, true), self.train_gflops, share(self.train_gflops)
+            "| (a) training, samples/s (64 voxels x three 51x51 patches) | {} | {} | {train_ratio} | {train_gflops} |\n",
+            fmt(self.train_samples_per_s, 1),
+            fmt(t_train, 1),
         ));
         out.push_str(&format!(
             "| (b) one branch, 256x256 slice, s | {:.3} | {} | {} | {:.0} ({}) |\n",
@@ -583,9 +591,11 @@ impl BenchReport {
                 ratio(seconds, torch.and_then(|t| t.large_volume_seconds), false),
             ));
         }
-        out.push_str("\nTraining on dense output tiles (cubes of k^3 voxels):\n\n| k | labelled voxels/s |\n|---|---|\n");
-        for (k, v) in &self.tile_voxels_per_s {
-            out.push_str(&format!("| {k} | {v:.0} |\n"));
+        if !self.tile_voxels_per_s.is_empty() {
+            out.push_str("\nTraining on dense output tiles (cubes of k^3 voxels):\n\n| k | labelled voxels/s |\n|---|---|\n");
+            for (k, v) in &self.tile_voxels_per_s {
+                out.push_str(&format!("| {k} | {v:.0} |\n"));
+            }
         }
         out.push_str(&format!(
             "\nPeak resident memory: {:.0} MB\n",
