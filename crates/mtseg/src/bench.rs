@@ -382,7 +382,11 @@ fn torch_figures(options: &BenchOptions) -> Option<TorchFigures> {
     };
     let volumes = options.repetitions.max(1);
     Some(TorchFigures {
-        train_samples_per_s: run("train", "samples_per_s", steps, &[]),
+        // `--no-training` skips figure (a) on both sides.
+        train_samples_per_s: options
+            .training
+            .then(|| run("train", "samples_per_s", steps, &[]))
+            .flatten(),
         slice_seconds: run("slice", "seconds", steps, &[]),
         volume_seconds: run("volume", "seconds", volumes, &[]),
         sgemm_gflops: run("sgemm", "gflops", steps, &[]),
@@ -556,13 +560,12 @@ impl BenchReport {
             }
         );
         out.push_str("| figure | mtseg | PyTorch | mtseg / PyTorch | mtseg GFLOP/s (share of the faster sgemm) |\n|---|---|---|---|---|\n");
-        let (train_ratio, train_gflops) = match (self.train_samples_per_s, self.train_gflops) {
-            (Some(ours), Some(gflops)) => (
-                ratio(ours, t_train, true),
-                format!("{gflops:.0} ({})", share(gflops)),
-            ),
-            _ => ("n/a".to_string(), "not run".to_string()),
-        };
+        let train_ratio = self
+            .train_samples_per_s
+            .map_or("n/a".to_string(), |ours| ratio(ours, t_train, true));
+        let train_gflops = self
+            .train_gflops
+            .map_or("not run".to_string(), |g| format!("{g:.0} ({})", share(g)));
         out.push_str(&format!(
             "| (a) training, samples/s (64 voxels x three 51x51 patches) | {} | {} | {train_ratio} | {train_gflops} |\n",
             fmt(self.train_samples_per_s, 1),
