@@ -16,9 +16,11 @@ use rayon::prelude::*;
 use super::conv::{Conv3x3, forward_image};
 use super::direct::{self, Isa};
 
-/// Channels per step of the transforms: one AVX2 vector (AVX-512 CPUs run it as it is).
+/// Channels per step of the transforms: one AVX2 vector, or one AVX-512 vector where the
+/// channels are a multiple of 16.
 const LANES: usize = 8;
-type Lanes = [f32; LANES];
+const WIDE_LANES: usize = 16;
+type Lanes<const L: usize> = [f32; L];
 
 /// Tiles transformed and multiplied together: few enough that their transforms (100 KB each
 /// way for 32 channels) stay in the L2 cache, a multiple of the kernel's blocks of rows (6
@@ -149,7 +151,7 @@ fn tile_row(
     let tiles = (w - 2).div_ceil(2);
     // Narrow images (training's patches) need less than a whole batch: less to clear.
     let most = TILES.min(tiles);
-    let (v_len, m_len) = (16 * most * ci, 16 * most * co);
+    let (v_len, m_len) = (16 * spread(most * ci), 16 * spread(most * co));
     if buffers.len() < v_len + m_len {
         buffers.resize(v_len + m_len, 0.0);
     }
@@ -168,22 +170,33 @@ fn tile_row(
             t0,
             n,
         };
+        let (v_stride, m_stride) = (spread(n * ci), spread(n * co));
         // SAFETY: this CPU has the instruction set (checked before the loop).
         unsafe { compiled::inputs(isa, &batch, x, v) };
         for k in 0..16 {
             direct::matrix_product(
                 isa,
-                &v[k * n * ci..][..n * ci],
+                &v[k * v_stride..][..n * ci],
                 &u[k * ci * co..][..ci * co],
                 n,
                 ci,
                 co,
-                &mut m[k * n * co..][..n * co],
+                &mut m[k * m_stride..][..n * co],
             );
         }
         // SAFETY: as above.
         unsafe { compiled::outputs(isa, &batch, m, &conv.bias, rows) };
     }
+}
+
+/// The distance between the 16 matrices of a batch's transforms, in floats: their length
+/// rounded up to an odd number of 64-byte cache lines. The transforms write (and read) the 16
+/// at once; a distance of a multiple of 2 KB (48 tiles x 32 channels is 6 KB) puts them all
+/// in a few sets of the L1 cache, which then evicts them before they are used.
+fn spread(len: usize) -> usize {
+    const LINE: usize = 16;
+    let lines = len.div_ceil(LINE);
+    (lines | 1) * LINE
 }
 
 /// A batch of tiles: input rows `y0..y0 + 4` of a `w`-pixel-wide image, tiles `t0..t0 + n`
@@ -207,7 +220,7 @@ impl Batch {
 
 /// `B^T d` for one column (or row) of four values of a tile.
 #[inline(always)]
-fn input_1d(d: [Lanes; 4]) -> [Lanes; 4] {
+fn input_1d<const L: usize>(d: [Lanes<L>; 4]) -> [Lanes<L>; 4] {
     [
         lanewise(d[0], d[2], |a, b| a - b),
         lanewise(d[1], d[2], |a, b| a + b),
@@ -218,7 +231,7 @@ fn input_1d(d: [Lanes; 4]) -> [Lanes; 4] {
 
 /// `A^T m` for one column (or row) of four products: two values.
 #[inline(always)]
-fn output_1d(m: [Lanes; 4]) -> [Lanes; 2] {
+fn output_1d<const L: usize>(m: [Lanes<L>; 4]) -> [Lanes<L>; 2] {
     let middle = lanewise(m[1], m[2], |a, b| a + b);
     let difference = lanewise(m[1], m[2], |a, b| a - b);
     [
@@ -228,71 +241,107 @@ fn output_1d(m: [Lanes; 4]) -> [Lanes; 2] {
 }
 
 #[inline(always)]
-fn lanewise(mut a: Lanes, b: Lanes, f: impl Fn(f32, f32) -> f32) -> Lanes {
+fn lanewise<const L: usize>(mut a: Lanes<L>, b: Lanes<L>, f: impl Fn(f32, f32) -> f32) -> Lanes<L> {
     for (a, b) in a.iter_mut().zip(b) {
         *a = f(*a, b);
     }
     a
 }
 
+/// The `L` values at `at`.
+///
+/// SAFETY: `at..at + L` is inside the caller's checked slice.
 #[inline(always)]
-fn load(values: &[f32], at: usize) -> Lanes {
-    values[at..at + LANES]
-        .try_into()
-        .expect("a slice of LANES values")
+unsafe fn load<const L: usize>(at: *const f32) -> Lanes<L> {
+    unsafe { at.cast::<Lanes<L>>().read_unaligned() }
+}
+
+/// SAFETY: as [`load`].
+#[inline(always)]
+unsafe fn store<const L: usize>(at: *mut f32, values: Lanes<L>) {
+    unsafe { at.cast::<Lanes<L>>().write_unaligned(values) }
 }
 
 /// The batch's tiles in the transform's domain: `v[k][t][c]` for the 16 positions k of the
-/// tile, its tiles t and input channels c.
+/// tile, its tiles t and input channels c, each k's matrix [`spread`] from the next.
+///
+/// The bounds are checked once here and the loops run on raw pointers: with a check per
+/// access the compiler kept the 16 addresses of a tile on the stack, and the transform took a
+/// fifth of a slice's time for a few additions per value.
 #[inline(always)]
-fn inputs(batch: &Batch, x: &[f32], v: &mut [f32]) {
+fn inputs<const L: usize>(batch: &Batch, x: &[f32], v: &mut [f32]) {
     let Batch { w, ci, y0, n, .. } = *batch;
+    let stride = spread(n * ci);
+    assert!(
+        (y0 + 4) * w * ci <= x.len() && 16 * stride <= v.len() && ci.is_multiple_of(L),
+        "Winograd input transform: out of bounds"
+    );
+    let row = w * ci;
     for t in 0..n {
-        let column = batch.column(t);
-        for c in (0..ci).step_by(LANES) {
+        // SAFETY (all accesses below): tile t's columns `column..column + 4` are inside the
+        // row (`Batch::column`), its rows inside `x` and its 16 outputs inside `v` (checked
+        // above), and c + L <= ci.
+        let x_t = unsafe { x.as_ptr().add((y0 * w + batch.column(t)) * ci) };
+        let v_t = unsafe { v.as_mut_ptr().add(t * ci) };
+        for c in (0..ci).step_by(L) {
             // Along the columns of the tile, then along its rows (loops rather than
             // `array::map`, which the compiler left as calls).
-            let mut columns = [[[0f32; LANES]; 4]; 4];
+            let mut columns = [[[0f32; L]; 4]; 4];
             for (j, column_j) in columns.iter_mut().enumerate() {
-                let mut d = [[0f32; LANES]; 4];
+                let mut d = [[0f32; L]; 4];
                 for (i, d) in d.iter_mut().enumerate() {
-                    *d = load(x, ((y0 + i) * w + column + j) * ci + c);
+                    *d = unsafe { load(x_t.add(i * row + j * ci + c)) };
                 }
                 *column_j = input_1d(d);
             }
+            // `a` is the second index of `columns`: no iterator to walk instead.
+            #[allow(clippy::needless_range_loop)]
             for a in 0..4 {
                 let row = input_1d([columns[0][a], columns[1][a], columns[2][a], columns[3][a]]);
-                for (b, values) in row.iter().enumerate() {
-                    v[((a * 4 + b) * n + t) * ci + c..][..LANES].copy_from_slice(values);
+                for (b, values) in row.into_iter().enumerate() {
+                    unsafe { store(v_t.add((a * 4 + b) * stride + c), values) };
                 }
             }
         }
     }
 }
 
-/// The products `m[k][t][o]` back as each tile's 2x2 block of outputs, bias added, into
-/// `rows` (two output rows).
+/// The products `m[k][t][o]` (laid out as [`inputs`] lays out `v`) back as each tile's 2x2
+/// block of outputs, bias added, into `rows` (two output rows). Raw pointers as in [`inputs`].
 #[inline(always)]
-fn outputs(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f32]) {
+fn outputs<const L: usize>(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f32]) {
     let Batch { w, co, n, .. } = *batch;
     let wo = w - 2;
+    let stride = spread(n * co);
+    assert!(
+        2 * wo * co <= rows.len()
+            && 16 * stride <= m.len()
+            && co <= bias.len()
+            && co.is_multiple_of(L),
+        "Winograd output transform: out of bounds"
+    );
     for t in 0..n {
-        let column = batch.column(t);
-        for o in (0..co).step_by(LANES) {
-            let mut columns = [[[0f32; LANES]; 2]; 4];
+        // SAFETY (all accesses below): the tile's 2x2 outputs are inside the two rows
+        // (`Batch::column`), its 16 products inside `m` (checked above), and o + L <= co.
+        let out_t = unsafe { rows.as_mut_ptr().add(batch.column(t) * co) };
+        let m_t = unsafe { m.as_ptr().add(t * co) };
+        for o in (0..co).step_by(L) {
+            let mut columns = [[[0f32; L]; 2]; 4];
             for (b, column_b) in columns.iter_mut().enumerate() {
-                let mut products = [[0f32; LANES]; 4];
+                let mut products = [[0f32; L]; 4];
                 for (a, p) in products.iter_mut().enumerate() {
-                    *p = load(m, ((a * 4 + b) * n + t) * co + o);
+                    *p = unsafe { load(m_t.add((a * 4 + b) * stride + o)) };
                 }
                 *column_b = output_1d(products);
             }
-            let bias = load(bias, o);
+            let bias = unsafe { load(bias.as_ptr().add(o)) };
+            // As in `inputs`.
+            #[allow(clippy::needless_range_loop)]
             for i in 0..2 {
                 let row = output_1d([columns[0][i], columns[1][i], columns[2][i], columns[3][i]]);
-                for (j, values) in row.iter().enumerate() {
-                    let values = lanewise(*values, bias, |a, b| a + b);
-                    rows[(i * wo + column + j) * co + o..][..LANES].copy_from_slice(&values);
+                for (j, values) in row.into_iter().enumerate() {
+                    let values = lanewise(values, bias, |a, b| a + b);
+                    unsafe { store(out_t.add((i * wo + j) * co + o), values) };
                 }
             }
         }
@@ -303,16 +352,21 @@ fn outputs(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f32]) {
 mod compiled {
     use super::{Batch, Isa};
 
+    /// `$wide` channels per step where the channels allow, else [`super::LANES`].
     macro_rules! compiled_for {
-        ($isa:ident, $feature:literal) => {
+        ($isa:ident, $feature:literal, $wide:expr) => {
             #[cfg(target_arch = "x86_64")]
             mod $isa {
-                use super::super::{Batch, inputs, outputs};
+                use super::super::{Batch, LANES, inputs, outputs};
 
                 /// SAFETY: the CPU has the instruction set.
                 #[target_feature(enable = $feature)]
                 pub unsafe fn transform_inputs(batch: &Batch, x: &[f32], v: &mut [f32]) {
-                    inputs(batch, x, v)
+                    if batch.ci.is_multiple_of($wide) {
+                        inputs::<{ $wide }>(batch, x, v)
+                    } else {
+                        inputs::<LANES>(batch, x, v)
+                    }
                 }
 
                 /// SAFETY: the CPU has the instruction set.
@@ -323,13 +377,17 @@ mod compiled {
                     bias: &[f32],
                     rows: &mut [f32],
                 ) {
-                    outputs(batch, m, bias, rows)
+                    if batch.co.is_multiple_of($wide) {
+                        outputs::<{ $wide }>(batch, m, bias, rows)
+                    } else {
+                        outputs::<LANES>(batch, m, bias, rows)
+                    }
                 }
             }
         };
     }
-    compiled_for!(avx512, "avx512f");
-    compiled_for!(avx2, "avx2,fma");
+    compiled_for!(avx512, "avx512f", crate::engine::winograd::WIDE_LANES);
+    compiled_for!(avx2, "avx2,fma", crate::engine::winograd::LANES);
 
     /// SAFETY: the CPU has `isa`.
     pub unsafe fn inputs(isa: Isa, batch: &Batch, x: &[f32], v: &mut [f32]) {
@@ -343,7 +401,7 @@ mod compiled {
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = isa;
-            super::inputs(batch, x, v)
+            super::inputs::<{ super::LANES }>(batch, x, v)
         }
     }
 
@@ -359,7 +417,7 @@ mod compiled {
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = isa;
-            super::outputs(batch, m, bias, rows)
+            super::outputs::<{ super::LANES }>(batch, m, bias, rows)
         }
     }
 }
@@ -370,7 +428,8 @@ mod tests {
     use crate::engine::conv::tests::{conv, image, reference};
 
     /// Even and odd sizes (a last row on the direct kernel, a last tile overlapping its
-    /// neighbour), batches of tiles whole and partial, one and two threads, the epilogue.
+    /// neighbour), rows of one batch of tiles and of two (the second partial), eight- and
+    /// sixteen-wide transforms (on AVX-512), one and two threads, the epilogue.
     #[test]
     fn matches_the_direct_convolution() {
         let mut checked = false;
@@ -381,6 +440,7 @@ mod tests {
             (8, 48, 5, 60),
             (40, 40, 6, 8),
             (16, 8, 9, 5),
+            (16, 32, 6, TILES * 2 + 5),
         ] {
             let c = conv(ci, co);
             let fast = PreparedConv::new(c.clone());
