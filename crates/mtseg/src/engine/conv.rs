@@ -178,8 +178,21 @@ fn full_width_products(
     }
 }
 
+/// Buffers that a layer's backward pass reuses from image to image, so that each image does
+/// not allocate and clear its own. Every value is written for each image.
+#[derive(Default)]
+pub struct BackwardScratch {
+    /// `dz` over the full width ([`backward_image`]).
+    full: Vec<f32>,
+    /// `dz` padded by two ([`input_gradient`]).
+    padded: Vec<f32>,
+    /// The forward pass's own scratch.
+    forward: Vec<f32>,
+}
+
 /// Weight and bias gradients of one image: given `dz` (`(h-2) x (w-2) x co`, the loss
 /// gradient at the convolution's output), adds them to `dw` and `db`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_image(
     conv: &Conv3x3,
     x: &[f32],
@@ -188,24 +201,29 @@ pub fn backward_image(
     dz: &[f32],
     dw: &mut [f32],
     db: &mut [f32],
+    scratch: &mut BackwardScratch,
 ) {
     let (ci, co) = (conv.ci, conv.co);
     let (ho, wo) = (h - 2, w - 2);
     let m = full_rows(h, w);
     let k = conv.tap_rows();
-    // dz over the full width, zero in the columns that are not outputs.
-    let mut full = vec![0f32; m * co];
-    for y in 0..ho {
-        for xo in 0..wo {
-            let src = &dz[(y * wo + xo) * co..][..co];
-            full[(y * w + xo) * co..][..co].copy_from_slice(src);
-            for (b, g) in db.iter_mut().zip(src) {
+    // dz over the full width, zero in the columns that are not outputs (the last row stops
+    // at its last output).
+    let full = &mut scratch.full;
+    full.resize(m * co, 0.0);
+    for (y, row) in full.chunks_mut(w * co).enumerate().take(ho) {
+        let src = &dz[y * wo * co..][..wo * co];
+        row[..wo * co].copy_from_slice(src);
+        row[wo * co..].fill(0.0);
+        for pixel in src.chunks_exact(co) {
+            for (b, g) in db.iter_mut().zip(pixel) {
                 *b += g;
             }
         }
     }
+    let full = &scratch.full;
     if let Some(isa) = Isa::best_for(co) {
-        direct::add_weight_gradient(ci, co, isa, x, w, &full, dw);
+        direct::add_weight_gradient(ci, co, isa, x, w, full, dw);
         return;
     }
     for dy in 0..3 {
@@ -219,7 +237,7 @@ pub fn backward_image(
             true,
             x,
             View::transposed(dy * w * ci, ci),
-            &full,
+            full,
             View::rows(0, co),
             1,
         );
@@ -235,16 +253,24 @@ pub fn input_gradient(
     h: usize,
     w: usize,
     dx: &mut [f32],
-    scratch: &mut Vec<f32>,
+    scratch: &mut BackwardScratch,
 ) {
     let co = flipped.conv.ci;
     let (ho, wo) = (h - 2, w - 2);
     let (hp, wp) = (h + 2, w + 2);
-    let mut padded = vec![0f32; hp * wp * co];
-    for y in 0..ho {
-        padded[((y + 2) * wp + 2) * co..][..wo * co].copy_from_slice(&dz[y * wo * co..][..wo * co]);
+    let padded = &mut scratch.padded;
+    padded.resize(hp * wp * co, 0.0);
+    let (top, rest) = padded.split_at_mut(2 * wp * co);
+    top.fill(0.0);
+    let (middle, bottom) = rest.split_at_mut(ho * wp * co);
+    bottom.fill(0.0);
+    for (y, row) in middle.chunks_exact_mut(wp * co).enumerate() {
+        row[..2 * co].fill(0.0);
+        row[2 * co..][..wo * co].copy_from_slice(&dz[y * wo * co..][..wo * co]);
+        row[(wo + 2) * co..].fill(0.0);
     }
-    flipped.forward_image(&padded, hp, wp, dx, scratch, 1, &|_| {});
+    let forward = &mut scratch.forward;
+    flipped.forward_image(&scratch.padded, hp, wp, dx, forward, 1, &|_| {});
 }
 
 #[cfg(test)]
@@ -315,10 +341,21 @@ pub(crate) mod tests {
         assert_eq!(Conv3x3::from_oihw(3, 2, &oihw, c.bias.clone()), c);
     }
 
+    /// Scratch buffers left full of NaN, as if by another image: any value the backward
+    /// passes read without writing it first shows in their results.
+    fn used_scratch() -> BackwardScratch {
+        BackwardScratch {
+            full: vec![f32::NAN; 4096],
+            padded: vec![f32::NAN; 4096],
+            forward: vec![f32::NAN; 4096],
+        }
+    }
+
     /// The input gradient, on whichever kernel the flipped convolution runs, against the
-    /// adjoint of the convolution written out term by term.
+    /// adjoint of the convolution written out term by term; one scratch for all sizes.
     #[test]
     fn input_gradient_is_the_adjoint_of_the_convolution() {
+        let mut scratch = used_scratch();
         for (ci, co, h, w) in [(2, 3, 6, 5), (8, 16, 6, 7), (32, 32, 5, 9)] {
             let c = conv(ci, co);
             let dz: Vec<f32> = (0..(h - 2) * (w - 2) * co)
@@ -347,7 +384,7 @@ pub(crate) mod tests {
                 h,
                 w,
                 &mut dx,
-                &mut Vec::new(),
+                &mut scratch,
             );
             for (i, (a, b)) in dx.iter().zip(&expected).enumerate() {
                 assert!(
@@ -379,14 +416,15 @@ pub(crate) mod tests {
         let mut dw = vec![0f32; c.weight.len()];
         let mut db = vec![0f32; co];
         let mut dx = vec![0f32; x.len()];
-        backward_image(&c, &x, h, w, &g, &mut dw, &mut db);
+        let mut scratch = used_scratch();
+        backward_image(&c, &x, h, w, &g, &mut dw, &mut db, &mut scratch);
         input_gradient(
             &PreparedConv::new(c.flipped()),
             &g,
             h,
             w,
             &mut dx,
-            &mut Vec::new(),
+            &mut scratch,
         );
         let eps = 1e-2;
         for i in [0, 5, x.len() - 1, x.len() / 2] {

@@ -17,7 +17,7 @@ pub mod winograd;
 
 pub use network::{CpuNetwork, FoldedNetwork};
 pub use params::{ParamStore, write_values};
-pub use train::{StepOutput, train_step};
+pub use train::{StepOutput, Workspace, train_step};
 pub use unet::FoldedUNet;
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! every parameter in burn's layout and the updated batch-norm running statistics.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use multiversion::multiversion;
 use rand::{Rng, SeedableRng};
@@ -10,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::activation::{elu, elu_derivative_from_output};
-use super::conv::{backward_image, input_gradient};
+use super::conv::{BackwardScratch, backward_image, input_gradient};
 use super::matmul::{View, matmul};
 use super::network::{CpuNetwork, Dense};
 use super::winograd::PreparedConv;
@@ -21,12 +22,49 @@ use crate::train::loss::voxel_weights;
 /// Batch-norm running statistics move this far towards each batch's (as in burn).
 const MOMENTUM: f32 = 0.1;
 
+/// Images whose weight gradients one task of the backward pass sums: enough to share its
+/// buffers, few enough to spread a batch's images over the cores.
+const IMAGES_PER_GROUP: usize = 8;
+
 /// What a step produces: the loss, the gradient of every parameter (burn's layout, keyed by
 /// module path) and the new running statistics (keyed likewise).
 pub struct StepOutput {
     pub loss: f64,
     pub gradients: BTreeMap<String, Vec<f32>>,
     pub running: BTreeMap<String, Vec<f32>>,
+}
+
+/// Buffers that one training step hands on to the next: those of the saved activations,
+/// which have the same sizes every step (clearing fresh buffers took 7% of a step on small
+/// images, 2% with these kept). A buffer from here is taken only where every value is then
+/// written.
+#[derive(Default)]
+pub struct Workspace {
+    free: Mutex<Vec<Vec<f32>>>,
+}
+
+/// Buffers a workspace keeps at most (a step of the paper's network saves 150): a batch
+/// whose sizes keep changing must not make it grow without end.
+const KEPT_BUFFERS: usize = 512;
+
+impl Workspace {
+    /// A buffer of `len` values, left from an earlier step if one has that length: its values
+    /// are unspecified, and the caller overwrites all of them.
+    fn overwritten(&self, len: usize) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        match free.iter().position(|b| b.len() == len) {
+            Some(i) => free.swap_remove(i),
+            None => vec![0f32; len],
+        }
+    }
+
+    /// Keeps `buffer` for a later [`Workspace::overwritten`].
+    fn keep(&self, buffer: Vec<f32>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < KEPT_BUFFERS && !buffer.is_empty() {
+            free.push(buffer);
+        }
+    }
 }
 
 /// Saved activations of one branch layer.
@@ -48,6 +86,7 @@ fn branch_forward(
     side: usize,
     running: &mut BTreeMap<String, Vec<f32>>,
     prefix: &str,
+    workspace: &Workspace,
 ) -> Vec<LayerCache> {
     let mut caches: Vec<LayerCache> = Vec::with_capacity(layers.len());
     let (mut h, mut w) = (side, side);
@@ -58,7 +97,8 @@ fn branch_forward(
         let in_size = h * w * layer.conv.ci;
         let out_size = ho * wo * co;
         let conv = PreparedConv::new(layer.conv.clone());
-        let mut z = vec![0f32; n * out_size];
+        // Every value written: by the convolution, then by the normalisation.
+        let mut z = workspace.overwritten(n * out_size);
         z.par_chunks_mut(out_size)
             .zip(x.par_chunks(in_size))
             .for_each_init(Vec::new, |scratch, (out, image)| {
@@ -76,7 +116,7 @@ fn branch_forward(
             .iter()
             .map(|v| 1.0 / (v + layer.epsilon).sqrt())
             .collect();
-        let mut output = vec![0f32; z.len()];
+        let mut output = workspace.overwritten(z.len());
         z.par_chunks_mut(co * 1024)
             .zip(output.par_chunks_mut(co * 1024))
             .for_each(|(zs, os)| {
@@ -210,21 +250,23 @@ where
     (a, b)
 }
 
-/// Backward of one branch: `d_output` is the gradient at the last layer's output.
+/// Backward of one branch: `d_output` is the gradient at the last layer's output. Each
+/// layer's saved activations go back to `workspace` once its gradients are computed.
 #[allow(clippy::too_many_arguments)]
 fn branch_backward(
     layers: &[super::network::BranchLayer],
     input: &[f32],
-    caches: &[LayerCache],
+    mut caches: Vec<LayerCache>,
     n: usize,
     side: usize,
     mut d_output: Vec<f32>,
     gradients: &mut BTreeMap<String, Vec<f32>>,
     prefix: &str,
+    workspace: &Workspace,
 ) {
     for l in (0..layers.len()).rev() {
         let layer = &layers[l];
-        let cache = &caches[l];
+        let cache = caches.pop().expect("one saved layer per layer");
         let co = layer.conv.co;
         let (h, w) = if l == 0 {
             (side, side)
@@ -275,6 +317,8 @@ fn branch_backward(
         let ci = layer.conv.ci;
         let (in_size, out_size) = (h * w * ci, cache.h * cache.w * co);
         let need_dx = l > 0;
+        // Not from the workspace: kept there, the input gradients would add a third to the
+        // memory that the saved activations take.
         let mut dx = if need_dx {
             vec![0f32; n * in_size]
         } else {
@@ -287,16 +331,21 @@ fn branch_backward(
         };
         let weight_len = layer.conv.weight.len();
         let flipped = need_dx.then(|| PreparedConv::new(layer.conv.flipped()));
+        // Images in fixed groups, each summing its weight gradients in image order: the sums
+        // do not depend on how rayon splits the work.
         let parts = d_output
-            .par_chunks(out_size)
-            .zip(x.par_chunks(in_size))
-            .zip(dx_parts.par_iter_mut())
-            .map_init(Vec::new, |scratch, ((dz, image), dx)| {
+            .par_chunks(IMAGES_PER_GROUP * out_size)
+            .zip(x.par_chunks(IMAGES_PER_GROUP * in_size))
+            .zip(dx_parts.par_chunks_mut(IMAGES_PER_GROUP))
+            .map_init(BackwardScratch::default, |scratch, ((dzs, images), dxs)| {
                 let mut dw = vec![0f32; weight_len];
                 let mut db = vec![0f32; co];
-                backward_image(&layer.conv, image, h, w, dz, &mut dw, &mut db);
-                if let (Some(dx), Some(flipped)) = (dx.as_deref_mut(), &flipped) {
-                    input_gradient(flipped, dz, h, w, dx, scratch);
+                let each = dzs.chunks(out_size).zip(images.chunks(in_size)).zip(dxs);
+                for ((dz, image), dx) in each {
+                    backward_image(&layer.conv, image, h, w, dz, &mut dw, &mut db, scratch);
+                    if let (Some(dx), Some(flipped)) = (dx.as_deref_mut(), &flipped) {
+                        input_gradient(flipped, dz, h, w, dx, scratch);
+                    }
                 }
                 (dw, db)
             })
@@ -306,6 +355,8 @@ fn branch_backward(
         gradients.insert(format!("{p}.conv.bias"), db);
         drop(dx_parts);
         d_output = dx;
+        workspace.keep(cache.normalised);
+        workspace.keep(cache.output);
     }
 }
 
@@ -413,13 +464,15 @@ fn softmax_cross_entropy(
     (weight as f64) * ((sum as f64).ln() - picked as f64)
 }
 
-/// One training step of `net` on `batch`.
+/// One training step of `net` on `batch`. `workspace` hands buffers on from step to step;
+/// the results do not depend on it (a fresh one gives the same).
 pub fn train_step(
     net: &CpuNetwork,
     batch: &Batch,
     layout: &OutputLayout,
     config: &TrainConfig,
     dropout_seed: u64,
+    workspace: &Workspace,
 ) -> StepOutput {
     let threads = rayon::current_num_threads();
     let (cubes, k, side) = (batch.cubes, batch.tile, batch.patch_side);
@@ -429,19 +482,30 @@ pub fn train_step(
     let mut running = BTreeMap::new();
     let mut gradients = BTreeMap::new();
 
-    // Branches, then the per-voxel features.
-    let caches: Vec<Vec<LayerCache>> = Orientation::ALL
-        .iter()
+    // Branches, then the per-voxel features. The three branches run at once: on small images
+    // each layer's passes are too short to keep both cores busy on their own.
+    let forwards: Vec<_> = Orientation::ALL
+        .par_iter()
         .map(|o| {
             let b = o.index();
-            branch_forward(
+            let mut branch_running = BTreeMap::new();
+            let caches = branch_forward(
                 &net.branches[b],
                 &batch.patches[b],
                 n,
                 side,
-                &mut running,
+                &mut branch_running,
                 &format!("branches.{b}"),
-            )
+                workspace,
+            );
+            (caches, branch_running)
+        })
+        .collect();
+    let caches: Vec<Vec<LayerCache>> = forwards
+        .into_iter()
+        .map(|(caches, branch_running)| {
+            running.extend(branch_running);
+            caches
         })
         .collect();
     let sources = feature_sources(cubes, k, kernels);
@@ -564,25 +628,33 @@ pub fn train_step(
         "head.fc1",
     );
 
-    // Scatter the feature gradients back to each branch's output, then back through it.
-    for o in Orientation::ALL {
-        let b = o.index();
-        let mut d_out = vec![0f32; n * k * k * kernels];
-        for (v, src) in sources.iter().enumerate() {
-            d_out[src[b]..][..kernels]
-                .copy_from_slice(&d_features[v * width + b * kernels..][..kernels]);
-        }
-        branch_backward(
-            &net.branches[b],
-            &batch.patches[b],
-            &caches[b],
-            n,
-            side,
-            d_out,
-            &mut gradients,
-            &format!("branches.{b}"),
-        );
-    }
+    // Scatter the feature gradients back to each branch's output, then back through it (the
+    // branches at once, as forward).
+    let branch_gradients: Vec<_> = caches
+        .into_par_iter()
+        .enumerate()
+        .map(|(b, branch_caches)| {
+            let mut d_out = vec![0f32; n * k * k * kernels];
+            for (v, src) in sources.iter().enumerate() {
+                d_out[src[b]..][..kernels]
+                    .copy_from_slice(&d_features[v * width + b * kernels..][..kernels]);
+            }
+            let mut branch_gradients = BTreeMap::new();
+            branch_backward(
+                &net.branches[b],
+                &batch.patches[b],
+                branch_caches,
+                n,
+                side,
+                d_out,
+                &mut branch_gradients,
+                &format!("branches.{b}"),
+                workspace,
+            );
+            branch_gradients
+        })
+        .collect();
+    gradients.extend(branch_gradients.into_iter().flatten());
     StepOutput {
         loss,
         gradients,

@@ -37,8 +37,9 @@ pub struct StepInput<'a> {
 
 /// Who computes the gradients of a training step.
 pub enum Stepper {
-    /// mtseg's CPU kernels (burn's Adam applies their gradients).
-    Kernels,
+    /// mtseg's CPU kernels (burn's Adam applies their gradients), with the buffers they hand
+    /// on from step to step.
+    Kernels(engine::Workspace),
     /// burn's autodiff, data parallel over these devices (one is the usual case).
     Replicas(DataParallel),
 }
@@ -48,7 +49,7 @@ impl Stepper {
     /// [`Hardware::burn_devices`]; the network must live on the first).
     pub fn new(hardware: Hardware, devices: Vec<Device>) -> Stepper {
         match hardware {
-            Hardware::Cpu => Stepper::Kernels,
+            Hardware::Cpu => Stepper::Kernels(engine::Workspace::default()),
             Hardware::Gpu => Stepper::Replicas(DataParallel::start(devices)),
         }
     }
@@ -61,7 +62,7 @@ impl Stepper {
         input: &StepInput,
     ) -> Result<(TriplanarNet, f64)> {
         match self {
-            Stepper::Kernels => Ok(kernels_step(net, optimizer, input)),
+            Stepper::Kernels(workspace) => Ok(kernels_step(net, optimizer, input, workspace)),
             Stepper::Replicas(replicas) => replicas.step(net, optimizer, input),
         }
     }
@@ -73,11 +74,19 @@ fn kernels_step(
     net: TriplanarNet,
     optimizer: &mut ModuleOptimizer,
     input: &StepInput,
+    workspace: &engine::Workspace,
 ) -> (TriplanarNet, f64) {
     let t0 = Instant::now();
     let store = ParamStore::read(&net);
     let cpu = CpuNetwork::from_store(&store, &net, input.dropout);
-    let output = engine::train_step(&cpu, input.batch, input.layout, input.config, input.seed);
+    let output = engine::train_step(
+        &cpu,
+        input.batch,
+        input.layout,
+        input.config,
+        input.seed,
+        workspace,
+    );
     let t1 = Instant::now();
     let device = Device::flex();
     let mut grads = GradientsParams::new();
