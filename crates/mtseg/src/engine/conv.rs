@@ -179,7 +179,7 @@ fn full_width_products(
 }
 
 /// Buffers that a layer's backward pass reuses from image to image, so that each image does
-/// not allocate and clear its own. Every value is written for each image.
+/// not allocate and clear its own. No value is read before it is written for that image.
 #[derive(Default)]
 pub struct BackwardScratch {
     /// `dz` over the full width ([`backward_image`]).

@@ -88,6 +88,13 @@ fn branch_forward(
     prefix: &str,
     workspace: &Workspace,
 ) -> Vec<LayerCache> {
+    // Each image's outputs are written into buffers that may hold an earlier step's values.
+    let ci = layers.first().map_or(0, |l| l.conv.ci);
+    assert_eq!(
+        input.len(),
+        n * side * side * ci,
+        "a branch's patches, n x side x side x ci"
+    );
     let mut caches: Vec<LayerCache> = Vec::with_capacity(layers.len());
     let (mut h, mut w) = (side, side);
     for (l, layer) in layers.iter().enumerate() {

@@ -273,14 +273,14 @@ fn inputs<const L: usize>(batch: &Batch, x: &[f32], v: &mut [f32]) {
     let Batch { w, ci, y0, n, .. } = *batch;
     let stride = spread(n * ci);
     assert!(
-        (y0 + 4) * w * ci <= x.len() && 16 * stride <= v.len() && ci.is_multiple_of(L),
+        w >= 4 && (y0 + 4) * w * ci <= x.len() && 16 * stride <= v.len() && ci.is_multiple_of(L),
         "Winograd input transform: out of bounds"
     );
     let row = w * ci;
     for t in 0..n {
         // SAFETY (all accesses below): tile t's columns `column..column + 4` are inside the
-        // row (`Batch::column`), its rows inside `x` and its 16 outputs inside `v` (checked
-        // above), and c + L <= ci.
+        // row (`Batch::column`, with w >= 4), its rows inside `x` and its 16 outputs inside
+        // `v` (checked above), and c + L <= ci.
         let x_t = unsafe { x.as_ptr().add((y0 * w + batch.column(t)) * ci) };
         let v_t = unsafe { v.as_mut_ptr().add(t * ci) };
         for c in (0..ci).step_by(L) {
@@ -314,7 +314,8 @@ fn outputs<const L: usize>(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f
     let wo = w - 2;
     let stride = spread(n * co);
     assert!(
-        2 * wo * co <= rows.len()
+        w >= 4
+            && 2 * wo * co <= rows.len()
             && 16 * stride <= m.len()
             && co <= bias.len()
             && co.is_multiple_of(L),
@@ -322,7 +323,8 @@ fn outputs<const L: usize>(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f
     );
     for t in 0..n {
         // SAFETY (all accesses below): the tile's 2x2 outputs are inside the two rows
-        // (`Batch::column`), its 16 products inside `m` (checked above), and o + L <= co.
+        // (`Batch::column`, with w >= 4), its 16 products inside `m` (checked above), and
+        // o + L <= co.
         let out_t = unsafe { rows.as_mut_ptr().add(batch.column(t) * co) };
         let m_t = unsafe { m.as_ptr().add(t * co) };
         for o in (0..co).step_by(L) {
