@@ -61,6 +61,8 @@ pub struct BenchReport {
     pub quick: bool,
     /// `cpu` or `gpu`.
     pub device: String,
+    /// The GPU's name, on a GPU.
+    pub gpu: Option<String>,
     pub cpu: String,
     pub threads: usize,
     /// f32 matrix-product rate of the `gemm` crate that mtseg's kernels use (2048^3, all
@@ -499,6 +501,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
     Ok(BenchReport {
         quick: options.quick,
         device: options.hardware.to_string(),
+        gpu: crate::device::gpu_name(&device),
         cpu: cpu_name(),
         threads: rayon::current_num_threads(),
         sgemm_gflops: sgemm,
@@ -536,7 +539,10 @@ impl BenchReport {
         let share = |g: f64| format!("{:.0}%", 100.0 * g / peak);
         let (machine, sgemm) = match self.device.as_str() {
             "gpu" => (
-                "GPU through burn's wgpu backend; PyTorch on CUDA".to_string(),
+                format!(
+                    "GPU {} through burn's wgpu backend; PyTorch on CUDA",
+                    self.gpu.as_deref().unwrap_or("unnamed")
+                ),
                 format!(
                     "{}^3: {:.0} GFLOP/s with burn",
                     self.sgemm_size, self.sgemm_gflops

@@ -76,7 +76,23 @@ fn gpu_device(discrete: Option<usize>) -> Result<Device> {
     });
     std::panic::set_hook(hook);
     match probe {
-        Ok(3.0) => Ok(device),
+        Ok(3.0) => {
+            let identity = device.identity();
+            let name = identity.as_ref().map_or("unnamed", |id| id.name.as_str());
+            // wgpu falls back to a software renderer (Mesa's llvmpipe or lavapipe) when no
+            // GPU driver answers: it runs on the CPU, far slower than mtseg's own kernels.
+            let software = identity.as_ref().is_some_and(|id| id.physical.is_none());
+            if software && std::env::var_os(ALLOW_SOFTWARE_GPU).is_none() {
+                return Err(Error::usage(format!(
+                    "no usable {which}: the only adapter wgpu found is the software renderer \
+                     \"{name}\", which runs on the CPU far slower than mtseg's own kernels; use \
+                     --device cpu (or set {ALLOW_SOFTWARE_GPU}=1 to use it anyway, to test the \
+                     GPU path)"
+                )));
+            }
+            tracing::info!("{which}: {name}");
+            Ok(device)
+        }
         Ok(sum) => Err(Error::usage(format!(
             "the {which} answered 1 + 2 = {sum}: its driver is not usable"
         ))),
@@ -87,6 +103,21 @@ fn gpu_device(discrete: Option<usize>) -> Result<Device> {
             panic_message(panic.as_ref())
         ))),
     }
+}
+
+/// Set to use a software renderer as the GPU: it checks the GPU path on a machine without one.
+#[cfg(feature = "gpu")]
+const ALLOW_SOFTWARE_GPU: &str = "MTSEG_ALLOW_SOFTWARE_GPU";
+
+/// The name the GPU's driver gives it (say "NVIDIA H200"); `None` for the CPU.
+#[cfg(feature = "gpu")]
+pub fn gpu_name(device: &Device) -> Option<String> {
+    device.identity().map(|identity| identity.name)
+}
+
+#[cfg(not(feature = "gpu"))]
+pub fn gpu_name(_device: &Device) -> Option<String> {
+    None
 }
 
 #[cfg(not(feature = "gpu"))]

@@ -9,6 +9,7 @@
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::TrainingVolume;
@@ -137,6 +138,8 @@ impl BalancedSampler {
             tasks: Vec::with_capacity(cubes),
             centre_classes: Vec::with_capacity(cubes),
         };
+        // The random draws one after another, then the cubes cut from them in parallel.
+        let mut placed = Vec::with_capacity(cubes);
         for (task, draw) in draws.iter().enumerate() {
             let of_task: Vec<&TrainingVolume> = volumes.iter().filter(|v| v.task == task).collect();
             assert!(!of_task.is_empty(), "task {task} has no training volume");
@@ -146,11 +149,21 @@ impl BalancedSampler {
             for s in 0..draw.samples {
                 let class = (start + s) % n_classes;
                 let (volume, centre) = self.draw_voxel(&of_task, class);
-                let placement = self.placement(volume, centre, config);
-                cut_cube(volume, &placement, k, receptive_field, layout, &mut batch);
+                placed.push((volume, self.placement(volume, centre, config)));
                 batch.tasks.push(task);
                 batch.centre_classes.push(class);
             }
+        }
+        let cut: Vec<Cube> = placed
+            .par_iter()
+            .map(|(volume, placement)| cut_cube(volume, placement, k, receptive_field, layout))
+            .collect();
+        for cube in cut {
+            for (all, patches) in batch.patches.iter_mut().zip(cube.patches) {
+                all.extend(patches);
+            }
+            batch.labels.extend(cube.labels);
+            batch.targets.extend(cube.targets);
         }
         batch
     }
@@ -416,35 +429,45 @@ fn cut_patches(
     }
 }
 
-/// Appends one cube's patches, targets and labels to the batch.
+/// One cube's patches (per orientation), labels and targets.
+struct Cube {
+    patches: [Vec<f32>; 3],
+    labels: Vec<u16>,
+    targets: Vec<i64>,
+}
+
 fn cut_cube(
     v: &TrainingVolume,
     placement: &Placement,
     k: usize,
     receptive_field: usize,
     layout: &OutputLayout,
-    batch: &mut Batch,
-) {
+) -> Cube {
+    let side = receptive_field + k - 1;
+    let mut patches: [Vec<f32>; 3] = Default::default();
     for o in Orientation::ALL {
-        cut_patches(
-            v,
-            placement,
-            k,
-            receptive_field,
-            o,
-            &mut batch.patches[o.index()],
-        );
+        let out = &mut patches[o.index()];
+        out.reserve(k * side * side);
+        cut_patches(v, placement, k, receptive_field, o, out);
     }
     let half = (k / 2) as f64;
+    let mut labels = Vec::with_capacity(k * k * k);
     for x in 0..k {
         for y in 0..k {
             for z in 0..k {
                 let offset = [x as f64 - half, y as f64 - half, z as f64 - half];
-                let label = nearest_label(v, placement.position(offset));
-                batch.labels.push(label);
-                batch.targets.push(layout.target(v.task, label) as i64);
+                labels.push(nearest_label(v, placement.position(offset)));
             }
         }
+    }
+    let targets = labels
+        .iter()
+        .map(|&label| layout.target(v.task, label) as i64)
+        .collect();
+    Cube {
+        patches,
+        labels,
+        targets,
     }
 }
 

@@ -135,10 +135,14 @@ fn volume(task: usize, seed: usize) -> TrainingVolume {
 
 /// A tiny network without dropout, so that two implementations see the same forward pass.
 fn training_meta(mode: OutputMode) -> ModelMeta {
+    training_meta_with_kernels(mode, 3)
+}
+
+fn training_meta_with_kernels(mode: OutputMode, kernels: usize) -> ModelMeta {
     meta(
         NetworkConfig::new()
             .with_depth(2)
-            .with_kernels(3)
+            .with_kernels(kernels)
             .with_fc_width(6)
             .with_dropout(0.0)
             .with_output_mode(mode),
@@ -230,8 +234,14 @@ fn burn_gradients(
 
 #[test]
 fn training_gradients_match_burn_autodiff() {
-    for (mode, weighted) in [(OutputMode::Union, false), (OutputMode::PerTask, true)] {
-        let m = training_meta(mode);
+    // 8 kernels take the vector path of the batch-norm sums, 3 the other.
+    let cases = [
+        (OutputMode::Union, false, 3),
+        (OutputMode::PerTask, true, 3),
+        (OutputMode::PerTask, false, 8),
+    ];
+    for (mode, weighted, kernels) in cases {
+        let m = training_meta_with_kernels(mode, kernels);
         let net = network(&m, 5);
         let (config, batch) = two_task_batch(&m, if weighted { 1.0 } else { 0.0 });
         let (burn_loss, burn_grads) = burn_gradients(&net, &m, &batch, &config);

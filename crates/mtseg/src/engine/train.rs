@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::activation::{elu, elu_derivative_from_output};
+use super::activation::{elu, elu_derivative_from_output, elu_in_place};
 use super::conv::{BackwardScratch, backward_image, input_gradient};
 use super::matmul::{View, matmul};
 use super::network::{CpuNetwork, Dense};
@@ -106,13 +106,19 @@ fn branch_forward(
         let conv = PreparedConv::new(layer.conv.clone());
         // Every value written: by the convolution, then by the normalisation.
         let mut z = workspace.overwritten(n * out_size);
-        z.par_chunks_mut(out_size)
+        // Each image's batch-norm sums are taken while its output is still in cache.
+        let parts = z
+            .par_chunks_mut(out_size)
             .zip(x.par_chunks(in_size))
-            .for_each_init(Vec::new, |scratch, (out, image)| {
+            .map_init(Vec::new, |scratch, (out, image)| {
                 conv.forward_image(image, h, w, out, scratch, 1, &|_| {});
-            });
+                let mut sums = (vec![0f64; co], vec![0f64; co]);
+                add_channel_sums(out, out, &mut sums.0, &mut sums.1);
+                sums
+            })
+            .collect();
         let count = (n * ho * wo) as f64;
-        let (sum, sum2) = channel_sums(&z, co);
+        let (sum, sum2) = sum_in_order(parts, co);
         let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
         let var: Vec<f32> = sum2
             .iter()
@@ -186,13 +192,53 @@ fn normalise_and_activate(
 /// of its backward pass).
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
 fn add_channel_sums(a: &[f32], b: &[f32], sums: &mut [f64], products: &mut [f64]) {
+    const LANES: usize = 8;
     let co = sums.len();
     assert!(a.len() == b.len() && a.len().is_multiple_of(co) && products.len() == co);
-    for (ap, bp) in a.chunks_exact(co).zip(b.chunks_exact(co)) {
-        for (((s, p), a), b) in sums.iter_mut().zip(products.iter_mut()).zip(ap).zip(bp) {
-            let a = *a as f64;
-            *s += a;
-            *p += a * *b as f64;
+    if !co.is_multiple_of(LANES) {
+        for (ap, bp) in a.chunks_exact(co).zip(b.chunks_exact(co)) {
+            for (((s, p), a), b) in sums.iter_mut().zip(products.iter_mut()).zip(ap).zip(bp) {
+                let a = *a as f64;
+                *s += a;
+                *p += a * *b as f64;
+            }
+        }
+        return;
+    }
+    // Eight channels at a time over all pixels, with the running sums in registers, four
+    // pixels apart (each pixel's addition would otherwise wait on the one before). Summing a
+    // whole channel row per pixel instead kept them in memory, and for 16 channels the
+    // compiler did not vectorise it.
+    for c0 in (0..co).step_by(LANES) {
+        let mut s = [[0f64; LANES]; 4];
+        let mut p = [[0f64; LANES]; 4];
+        let mut a4 = a.chunks_exact(4 * co);
+        let mut b4 = b.chunks_exact(4 * co);
+        for (a, b) in (&mut a4).zip(&mut b4) {
+            for i in 0..4 {
+                let x = &a[i * co + c0..][..LANES];
+                let y = &b[i * co + c0..][..LANES];
+                for k in 0..LANES {
+                    let xk = x[k] as f64;
+                    s[i][k] += xk;
+                    p[i][k] += xk * y[k] as f64;
+                }
+            }
+        }
+        let rest = a4
+            .remainder()
+            .chunks_exact(co)
+            .zip(b4.remainder().chunks_exact(co));
+        for (a, b) in rest {
+            for k in 0..LANES {
+                let xk = a[c0 + k] as f64;
+                s[0][k] += xk;
+                p[0][k] += xk * b[c0 + k] as f64;
+            }
+        }
+        for k in 0..LANES {
+            sums[c0 + k] += (s[0][k] + s[1][k]) + (s[2][k] + s[3][k]);
+            products[c0 + k] += (p[0][k] + p[1][k]) + (p[2][k] + p[3][k]);
         }
     }
 }
@@ -225,20 +271,6 @@ fn batch_norm_backward(
             *d = s * (g * *d - shift - x * slope);
         }
     }
-}
-
-/// Per-channel sum and sum of squares (f64) of channels-last values.
-fn channel_sums(values: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>) {
-    let parts = values
-        .par_chunks(channels * 4096)
-        .map(|part| {
-            let mut s = vec![0f64; channels];
-            let mut s2 = vec![0f64; channels];
-            add_channel_sums(part, part, &mut s, &mut s2);
-            (s, s2)
-        })
-        .collect();
-    sum_in_order(parts, channels)
 }
 
 /// Sums per-chunk partial results in chunk order. rayon's `reduce` combines partials in an
@@ -281,17 +313,15 @@ fn branch_backward(
             (caches[l - 1].h, caches[l - 1].w)
         };
         let x: &[f32] = if l == 0 { input } else { &caches[l - 1].output };
-        // Through ELU: dY = dA * ELU'(Y), read from the stored output.
-        d_output
-            .par_chunks_mut(4096)
-            .zip(cache.output.par_chunks(4096))
-            .for_each(|(ds, outputs)| elu_backward(ds, outputs));
-        // Batch norm with batch statistics.
+        // Through ELU (dY = dA * ELU'(Y), from the stored output), then batch norm's sums,
+        // chunk by chunk while the chunk is in cache.
         let count = (n * cache.h * cache.w) as f64;
         let parts = d_output
-            .par_chunks(co * 4096)
-            .zip(cache.normalised.par_chunks(co * 4096))
-            .map(|(d, xh)| {
+            .par_chunks_mut(co * 1024)
+            .zip(cache.output.par_chunks(co * 1024))
+            .zip(cache.normalised.par_chunks(co * 1024))
+            .map(|((d, outputs), xh)| {
+                elu_backward(d, outputs);
                 let mut s = vec![0f64; co];
                 let mut sx = vec![0f64; co];
                 add_channel_sums(d, xh, &mut s, &mut sx);
@@ -306,11 +336,6 @@ fn branch_backward(
         let slope: Vec<f32> = (0..co)
             .map(|c| (g[c] as f64 * sum_dy_xh[c] / count) as f32)
             .collect();
-        let inv_std = &cache.inv_std;
-        d_output
-            .par_chunks_mut(co * 1024)
-            .zip(cache.normalised.par_chunks(co * 1024))
-            .for_each(|(d, xh)| batch_norm_backward(d, xh, inv_std, g, &shift, &slope));
         let p = format!("{prefix}.layers.{l}");
         gradients.insert(
             format!("{p}.norm.gamma"),
@@ -339,23 +364,32 @@ fn branch_backward(
         let weight_len = layer.conv.weight.len();
         let flipped = need_dx.then(|| PreparedConv::new(layer.conv.flipped()));
         // Images in fixed groups, each summing its weight gradients in image order: the sums
-        // do not depend on how rayon splits the work.
+        // do not depend on how rayon splits the work. Each group first goes back through batch
+        // norm, which leaves it in cache for the convolution.
+        let inv_std = &cache.inv_std;
+        let group = IMAGES_PER_GROUP * out_size;
         let parts = d_output
-            .par_chunks(IMAGES_PER_GROUP * out_size)
+            .par_chunks_mut(group)
+            .zip(cache.normalised.par_chunks(group))
             .zip(x.par_chunks(IMAGES_PER_GROUP * in_size))
             .zip(dx_parts.par_chunks_mut(IMAGES_PER_GROUP))
-            .map_init(BackwardScratch::default, |scratch, ((dzs, images), dxs)| {
-                let mut dw = vec![0f32; weight_len];
-                let mut db = vec![0f32; co];
-                let each = dzs.chunks(out_size).zip(images.chunks(in_size)).zip(dxs);
-                for ((dz, image), dx) in each {
-                    backward_image(&layer.conv, image, h, w, dz, &mut dw, &mut db, scratch);
-                    if let (Some(dx), Some(flipped)) = (dx.as_deref_mut(), &flipped) {
-                        input_gradient(flipped, dz, h, w, dx, scratch);
+            .map_init(
+                BackwardScratch::default,
+                |scratch, (((dzs, xh), images), dxs)| {
+                    batch_norm_backward(dzs, xh, inv_std, g, &shift, &slope);
+                    let dzs = &*dzs;
+                    let mut dw = vec![0f32; weight_len];
+                    let mut db = vec![0f32; co];
+                    let each = dzs.chunks(out_size).zip(images.chunks(in_size)).zip(dxs);
+                    for ((dz, image), dx) in each {
+                        backward_image(&layer.conv, image, h, w, dz, &mut dw, &mut db, scratch);
+                        if let (Some(dx), Some(flipped)) = (dx.as_deref_mut(), &flipped) {
+                            input_gradient(flipped, dz, h, w, dx, scratch);
+                        }
                     }
-                }
-                (dw, db)
-            })
+                    (dw, db)
+                },
+            )
             .collect();
         let (dw, db) = sum_in_order(parts, weight_len);
         gradients.insert(format!("{p}.conv.weight"), layer.conv.to_oihw(&dw));
@@ -387,17 +421,49 @@ fn feature_sources(cubes: usize, k: usize, kernels: usize) -> Vec<[usize; 3]> {
     out
 }
 
-/// Dropout as burn applies it: zero with probability p, scale the rest by 1 / (1 - p).
-fn dropout_mask(len: usize, p: f32, rng: &mut ChaCha8Rng) -> Option<Vec<f32>> {
+/// Elements per parallel chunk of the head's element-wise passes, and per random stream of
+/// its dropout masks (so that the masks do not depend on how rayon splits the work).
+const HEAD_CHUNK: usize = 16 * 1024;
+
+/// ELU in place on a hidden layer of the head (`h` keeps the activations for the backward
+/// pass), then dropout as burn applies it: zero with probability p, scale the rest by
+/// 1 / (1 - p). Returns the dropped-out copy and the mask (`None` without dropout). Each
+/// chunk draws its mask from its own stream of `seed`, numbered after `layer`.
+fn activate_and_drop(h: &mut [f32], p: f32, seed: u64, layer: u64) -> (Vec<f32>, Option<Vec<f32>>) {
+    h.par_chunks_mut(HEAD_CHUNK).for_each(elu_in_place);
     if p <= 0.0 {
-        return None;
+        return (h.to_vec(), None);
     }
     let keep = 1.0 / (1.0 - p);
-    Some(
-        (0..len)
-            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-            .collect(),
-    )
+    let mut mask = vec![0f32; h.len()];
+    let mut dropped = vec![0f32; h.len()];
+    mask.par_chunks_mut(HEAD_CHUNK)
+        .zip(dropped.par_chunks_mut(HEAD_CHUNK))
+        .zip(h.par_chunks(HEAD_CHUNK))
+        .enumerate()
+        .for_each(|(chunk, ((mask, dropped), h))| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream((layer << 32) + chunk as u64);
+            for ((m, d), a) in mask.iter_mut().zip(dropped).zip(h) {
+                *m = if rng.random::<f32>() < p { 0.0 } else { keep };
+                *d = a * *m;
+            }
+        });
+    (dropped, Some(mask))
+}
+
+/// Back through `activate_and_drop`: `d *= mask * ELU'`, from ELU's output `a`.
+fn drop_and_activate_backward(d: &mut [f32], a: &[f32], mask: Option<&[f32]>) {
+    d.par_chunks_mut(HEAD_CHUNK)
+        .zip(a.par_chunks(HEAD_CHUNK))
+        .enumerate()
+        .for_each(|(chunk, (d, a))| {
+            if let Some(mask) = mask {
+                let mask = &mask[chunk * HEAD_CHUNK..][..d.len()];
+                d.iter_mut().zip(mask).for_each(|(d, m)| *d *= m);
+            }
+            elu_backward(d, a);
+        });
 }
 
 /// `dW (out x in) = dY^T (out x n) * X (n x in)`, `db = column sums of dY`, and
@@ -527,21 +593,10 @@ pub fn train_step(
     }
 
     // Head: fc1, ELU, dropout, fc2, ELU, dropout, class layer (and task layer).
-    let mut rng = ChaCha8Rng::seed_from_u64(dropout_seed);
     let mut a1 = net.fc1.forward(&features, voxels, threads);
-    a1.iter_mut().for_each(|v| *v = elu(*v));
-    let mask1 = dropout_mask(a1.len(), net.dropout, &mut rng);
-    let d1: Vec<f32> = match &mask1 {
-        Some(m) => a1.iter().zip(m).map(|(a, m)| a * m).collect(),
-        None => a1.clone(),
-    };
+    let (d1, mask1) = activate_and_drop(&mut a1, net.dropout, dropout_seed, 0);
     let mut a2 = net.fc2.forward(&d1, voxels, threads);
-    a2.iter_mut().for_each(|v| *v = elu(*v));
-    let mask2 = dropout_mask(a2.len(), net.dropout, &mut rng);
-    let d2: Vec<f32> = match &mask2 {
-        Some(m) => a2.iter().zip(m).map(|(a, m)| a * m).collect(),
-        None => a2.clone(),
-    };
+    let (d2, mask2) = activate_and_drop(&mut a2, net.dropout, dropout_seed, 1);
     let logits = net.classes.forward(&d2, voxels, threads);
 
     // Loss and its gradient at the logits.
@@ -604,12 +659,7 @@ pub fn train_step(
 
     // Back through the head.
     let mut d_h2 = d_d2;
-    if let Some(m) = &mask2 {
-        d_h2.iter_mut().zip(m).for_each(|(d, m)| *d *= m);
-    }
-    d_h2.iter_mut()
-        .zip(&a2)
-        .for_each(|(d, a)| *d *= elu_derivative_from_output(*a));
+    drop_and_activate_backward(&mut d_h2, &a2, mask2.as_deref());
     let mut d_h1 = dense_backward_into(
         &net.fc2,
         &d1,
@@ -619,12 +669,7 @@ pub fn train_step(
         &mut gradients,
         "head.fc2",
     );
-    if let Some(m) = &mask1 {
-        d_h1.iter_mut().zip(m).for_each(|(d, m)| *d *= m);
-    }
-    d_h1.iter_mut()
-        .zip(&a1)
-        .for_each(|(d, a)| *d *= elu_derivative_from_output(*a));
+    drop_and_activate_backward(&mut d_h1, &a1, mask1.as_deref());
     let d_features = dense_backward_into(
         &net.fc1,
         &features,
@@ -684,4 +729,71 @@ fn dense_backward_into(
     gradients.insert(format!("{prefix}.weight"), dw);
     gradients.insert(format!("{prefix}.bias"), db);
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_sums_match_one_value_at_a_time() {
+        // Channel counts on the vector path (multiples of 8) and off it; pixel counts with
+        // and without a remainder of four.
+        for (co, pixels) in [(16, 7), (16, 64), (32, 9), (8, 3), (5, 11)] {
+            let a: Vec<f32> = (0..co * pixels)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..co * pixels)
+                .map(|i| ((i * 53 % 97) as f32 - 40.0) / 9.0)
+                .collect();
+            // The sums are added to what is there.
+            let mut sums = vec![1.0; co];
+            let mut products = vec![2.0; co];
+            add_channel_sums(&a, &b, &mut sums, &mut products);
+            for c in 0..co {
+                let values = (0..pixels).map(|p| (a[p * co + c] as f64, b[p * co + c] as f64));
+                let expected_sum = 1.0 + values.clone().map(|(x, _)| x).sum::<f64>();
+                let expected_product = 2.0 + values.map(|(x, y)| x * y).sum::<f64>();
+                assert!(
+                    (sums[c] - expected_sum).abs() < 1e-9,
+                    "co {co}, channel {c}"
+                );
+                assert!((products[c] - expected_product).abs() < 1e-9, "co {co}");
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_keeps_its_share_scaled_and_repeats_with_its_seed() {
+        let len = 3 * HEAD_CHUNK + 123;
+        let h: Vec<f32> = (0..len).map(|i| (i % 17) as f32 / 4.0 - 2.0).collect();
+        let mut a = h.clone();
+        let (dropped, mask) = activate_and_drop(&mut a, 0.25, 7, 0);
+        let mask = mask.expect("a mask with p > 0");
+        for i in 0..len {
+            assert!((a[i] - elu(h[i])).abs() < 1e-6, "ELU in place");
+            assert!(mask[i] == 0.0 || mask[i] == 1.0 / 0.75);
+            assert_eq!(dropped[i], a[i] * mask[i]);
+        }
+        let share = mask.iter().filter(|&&m| m == 0.0).count() as f64 / len as f64;
+        assert!((share - 0.25).abs() < 0.01, "dropped {share}");
+        // Chunks draw from streams of their own; the same seed and layer repeat the mask,
+        // another layer draws another.
+        assert_ne!(mask[..HEAD_CHUNK], mask[HEAD_CHUNK..2 * HEAD_CHUNK]);
+        let again = activate_and_drop(&mut h.clone(), 0.25, 7, 0).1;
+        assert_eq!(again.as_ref(), Some(&mask));
+        let other_layer = activate_and_drop(&mut h.clone(), 0.25, 7, 1).1;
+        assert_ne!(other_layer.as_ref(), Some(&mask));
+        // Without dropout nothing is dropped.
+        let (kept, none) = activate_and_drop(&mut h.clone(), 0.0, 7, 0);
+        assert!(none.is_none());
+        assert_eq!(kept, a);
+
+        // Backward: d * mask * ELU'(a).
+        let mut d = vec![1.5f32; len];
+        drop_and_activate_backward(&mut d, &a, Some(&mask));
+        for i in 0..len {
+            assert_eq!(d[i], 1.5 * mask[i] * elu_derivative_from_output(a[i]));
+        }
+    }
 }
