@@ -247,18 +247,7 @@ impl BalancedSampler {
             intensity_scale: 1.0,
             intensity_shift: 0.0,
         };
-        let mut patches: [Vec<f32>; 3] = Default::default();
-        for o in Orientation::ALL {
-            cut_patches(
-                volume,
-                &placement,
-                k,
-                receptive_field,
-                o,
-                &mut patches[o.index()],
-            );
-        }
-        patches
+        cut_orientations(volume, &placement, k, receptive_field)
     }
 
     /// A volume and a voxel of `class` (0 background, i the task's i-th class). A class
@@ -429,6 +418,21 @@ fn cut_patches(
     }
 }
 
+/// The k patches of each orientation of a cube, in `Orientation::ALL`'s order (their index).
+fn cut_orientations(
+    v: &TrainingVolume,
+    placement: &Placement,
+    k: usize,
+    receptive_field: usize,
+) -> [Vec<f32>; 3] {
+    let side = receptive_field + k - 1;
+    Orientation::ALL.map(|o| {
+        let mut patches = Vec::with_capacity(k * side * side);
+        cut_patches(v, placement, k, receptive_field, o, &mut patches);
+        patches
+    })
+}
+
 /// One cube's patches (per orientation), labels and targets.
 struct Cube {
     patches: [Vec<f32>; 3],
@@ -443,13 +447,7 @@ fn cut_cube(
     receptive_field: usize,
     layout: &OutputLayout,
 ) -> Cube {
-    let side = receptive_field + k - 1;
-    let mut patches: [Vec<f32>; 3] = Default::default();
-    for o in Orientation::ALL {
-        let out = &mut patches[o.index()];
-        out.reserve(k * side * side);
-        cut_patches(v, placement, k, receptive_field, o, out);
-    }
+    let patches = cut_orientations(v, placement, k, receptive_field);
     let half = (k / 2) as f64;
     let mut labels = Vec::with_capacity(k * k * k);
     for x in 0..k {

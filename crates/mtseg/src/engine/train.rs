@@ -313,6 +313,9 @@ fn branch_backward(
             (caches[l - 1].h, caches[l - 1].w)
         };
         let x: &[f32] = if l == 0 { input } else { &caches[l - 1].output };
+        // The passes below zip chunks of these, image by image.
+        assert_eq!(d_output.len(), n * cache.h * cache.w * co);
+        assert_eq!(x.len(), n * h * w * layer.conv.ci);
         // Through ELU (dY = dA * ELU'(Y), from the stored output), then batch norm's sums,
         // chunk by chunk while the chunk is in cache.
         let count = (n * cache.h * cache.w) as f64;
