@@ -234,16 +234,19 @@ fn burn_gradients(
 
 #[test]
 fn training_gradients_match_burn_autodiff() {
-    // 8 kernels take the vector path of the batch-norm sums, 3 the other.
+    // 8 kernels take the vector path of the batch-norm sums, 3 the other; the last number
+    // is the weight of the soft Dice term.
     let cases = [
-        (OutputMode::Union, false, 3),
-        (OutputMode::PerTask, true, 3),
-        (OutputMode::PerTask, false, 8),
+        (OutputMode::Union, false, 3, 0.0),
+        (OutputMode::Union, true, 3, 1.5),
+        (OutputMode::PerTask, true, 3, 0.0),
+        (OutputMode::PerTask, false, 8, 0.7),
     ];
-    for (mode, weighted, kernels) in cases {
+    for (mode, weighted, kernels, dice_weight) in cases {
         let m = training_meta_with_kernels(mode, kernels);
         let net = network(&m, 5);
         let (config, batch) = two_task_batch(&m, if weighted { 1.0 } else { 0.0 });
+        let config = config.with_dice_weight(dice_weight);
         let (burn_loss, burn_grads) = burn_gradients(&net, &m, &batch, &config);
         let ours = train_step(
             &CpuNetwork::from_burn(&net, 0.0),
@@ -267,7 +270,7 @@ fn training_gradients_match_burn_autodiff() {
             let diff = max_difference(got, expected);
             assert!(
                 diff < 2e-3 * scale,
-                "{mode:?} {path}: max difference {diff} (scale {scale})"
+                "{mode:?} dice {dice_weight}: {path}: max difference {diff} (scale {scale})"
             );
         }
         assert!(

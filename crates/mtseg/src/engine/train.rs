@@ -17,7 +17,7 @@ use super::network::{CpuNetwork, Dense};
 use super::winograd::PreparedConv;
 use crate::data::Batch;
 use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig};
-use crate::train::loss::voxel_weights;
+use crate::train::loss::{task_runs, voxel_weights};
 
 /// Batch-norm running statistics move this far towards each batch's (as in burn).
 const MOMENTUM: f32 = 0.1;
@@ -540,6 +540,63 @@ fn softmax_cross_entropy(
     (weight as f64) * ((sum as f64).ln() - picked as f64)
 }
 
+/// The soft Dice term of [`crate::train::loss`] for one task's voxels: `logits` their rows
+/// (`c` wide), the softmax over `channels`, the Dice over the positions `dice` among them.
+/// Returns `weight` x (1 - the mean soft Dice) and adds its gradient at the logits to `grad`.
+fn add_soft_dice(
+    logits: &[f32],
+    c: usize,
+    targets: &[i64],
+    channels: &[usize],
+    dice: &[usize],
+    weight: f64,
+    grad: &mut [f32],
+) -> f64 {
+    let m = channels.len();
+    let probabilities: Vec<f64> = logits
+        .chunks_exact(c)
+        .flat_map(|l| {
+            let max = channels
+                .iter()
+                .map(|&ch| l[ch])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = channels
+                .iter()
+                .map(|&ch| ((l[ch] - max) as f64).exp())
+                .collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(move |x| x / sum)
+        })
+        .collect();
+    let is_target = |v: usize, q: usize| if targets[v] as usize == q { 1.0 } else { 0.0 };
+    let (mut overlap, mut sizes) = (vec![0f64; dice.len()], vec![0f64; dice.len()]);
+    for v in 0..targets.len() {
+        for (k, &q) in dice.iter().enumerate() {
+            overlap[k] += probabilities[v * m + q] * is_target(v, q);
+            sizes[k] += probabilities[v * m + q] + is_target(v, q);
+        }
+    }
+    let mean = (0..dice.len())
+        .map(|k| (2.0 * overlap[k] + 1.0) / (sizes[k] + 1.0))
+        .sum::<f64>()
+        / dice.len() as f64;
+    // d(1 - mean Dice)/dp per channel, then through the softmax: dz_j = p_j (g_j - g . p).
+    let scale = weight / dice.len() as f64;
+    let mut g = vec![0f64; m];
+    for v in 0..targets.len() {
+        for (k, &q) in dice.iter().enumerate() {
+            let d = sizes[k] + 1.0;
+            g[q] = -scale * (2.0 * is_target(v, q) * d - (2.0 * overlap[k] + 1.0)) / (d * d);
+        }
+        let p = &probabilities[v * m..][..m];
+        let dot: f64 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+        for (q, &ch) in channels.iter().enumerate() {
+            grad[v * c + ch] += (p[q] * (g[q] - dot)) as f32;
+        }
+    }
+    weight * (1.0 - mean)
+}
+
 /// One training step of `net` on `batch`. `workspace` hands buffers on from step to step;
 /// the results do not depend on it (a fresh one gives the same).
 pub fn train_step(
@@ -622,6 +679,34 @@ pub fn train_step(
             weights[v],
             &mut d_logits[v * c..][..c],
         );
+    }
+    if config.dice_weight > 0.0 {
+        let tasks = layout.groups.len();
+        let shares = config.task_share.shares(&batch.tasks, tasks);
+        for ((group, run), share) in layout
+            .groups
+            .iter()
+            .zip(task_runs(&batch.tasks, tasks))
+            .zip(shares)
+        {
+            if run.is_empty() {
+                continue;
+            }
+            let (channels, dice): (&[usize], Vec<usize>) = match layout.mode {
+                OutputMode::Union => (&all, group[1..].to_vec()),
+                OutputMode::PerTask => (group, (1..group.len()).collect()),
+            };
+            let rows = run.start * per_cube..run.end * per_cube;
+            loss += add_soft_dice(
+                &logits[rows.start * c..rows.end * c],
+                c,
+                &batch.targets[rows.clone()],
+                channels,
+                &dice,
+                share * config.dice_weight,
+                &mut d_logits[rows.start * c..rows.end * c],
+            );
+        }
     }
     let mut d_d2 = dense_backward_into(
         &net.classes,

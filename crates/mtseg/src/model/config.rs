@@ -148,6 +148,13 @@ pub struct TrainConfig {
     /// same total weight (the paper's balance, which over-segments thin structures).
     #[config(default = 0.0)]
     pub class_balance: f64,
+    /// Weight of a soft Dice term added to the cross-entropy of the cubes: per task, 1 - the
+    /// mean soft Dice of its classes (background left out, as in nnU-Net's loss) over the
+    /// batch's voxels of the task, times the task's share. Dice is what validation measures,
+    /// and the term weighs a thin structure as much as a large one. (The U-Net's crops always
+    /// carry a Dice term, background included, at weight 1.)
+    #[config(default = 0.0)]
+    pub dice_weight: f64,
     /// Weight of the task-recognition loss (per-task output mode).
     #[config(default = 0.2)]
     pub task_loss_weight: f64,

@@ -1,6 +1,7 @@
 //! Cross-entropy over the joint label space (union mode) or within each task's softmax group
-//! (per-task mode), optionally class-weighted, plus the task-recognition loss. The U-Net's
-//! crops add nnU-Net's soft Dice term to the cross-entropy ([`crop_loss`]).
+//! (per-task mode), optionally class-weighted and with a soft Dice term (`dice_weight`), plus
+//! the task-recognition loss. The U-Net's crops add nnU-Net's soft Dice term to the
+//! cross-entropy ([`crop_loss`]).
 
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
@@ -55,8 +56,10 @@ pub fn voxel_weights(batch: &Batch, tasks: usize, config: &TrainConfig) -> Vec<f
     weights
 }
 
-/// The loss of a batch: segmentation cross-entropy (joint space or per task group) plus, in
-/// per-task mode, the weighted task-recognition cross-entropy.
+/// The loss of a batch: segmentation cross-entropy (joint space or per task group), each
+/// task's soft Dice term over its classes when `dice_weight` > 0 (in sharded training each
+/// shard's Dice is taken over its own voxels), plus, in per-task mode, the weighted
+/// task-recognition cross-entropy.
 pub fn batch_loss(
     output: CubeOutput,
     batch: &Batch,
@@ -74,25 +77,23 @@ pub fn batch_loss(
         device,
     );
     let logits = per_voxel(output.logits);
-    let seg = match layout.mode {
-        OutputMode::Union => nll(logits, targets, weights),
+    let runs = task_runs(&batch.tasks, tasks);
+    let mut seg = match layout.mode {
+        OutputMode::Union => nll(logits.clone(), targets, weights),
         OutputMode::PerTask => {
             // The batch is task-major: each task's voxels are one contiguous range, scored
             // only within the task's own softmax group.
             let mut total: Option<Tensor<1>> = None;
-            for (group, run) in layout.groups.iter().zip(task_runs(&batch.tasks, tasks)) {
+            for (group, run) in layout.groups.iter().zip(&runs) {
                 if run.is_empty() {
                     continue;
                 }
-                let (rows, len) = (run.start * per_cube, run.len() * per_cube);
-                let part = logits
-                    .clone()
-                    .narrow(0, rows, len)
-                    .narrow(1, group[0], group.len());
+                let rows = run.start * per_cube..run.end * per_cube;
+                let (part, _) = group_part(&logits, group, rows.clone(), layout.mode);
                 let loss = nll(
                     part,
-                    targets.clone().narrow(0, rows, len),
-                    weights.clone().narrow(0, rows, len),
+                    targets.clone().narrow(0, rows.start, rows.len()),
+                    weights.clone().narrow(0, rows.start, rows.len()),
                 );
                 total = Some(match total {
                     Some(acc) => acc + loss,
@@ -102,15 +103,77 @@ pub fn batch_loss(
             total.expect("at least one task")
         }
     };
+    if config.dice_weight > 0.0 {
+        let shares = config.task_share.shares(&batch.tasks, tasks);
+        for ((group, run), share) in layout.groups.iter().zip(&runs).zip(shares) {
+            if run.is_empty() {
+                continue;
+            }
+            let rows = run.start * per_cube..run.end * per_cube;
+            let (part, channels) = group_part(&logits, group, rows.clone(), layout.mode);
+            let width = part.dims()[1];
+            let one_hot = one_hot(&batch.targets[rows], width, device);
+            seg = seg
+                + dice_loss(softmax(part, 1), one_hot, &channels[1..], device)
+                    * (share * config.dice_weight) as f32;
+        }
+    }
     match output.task_logits {
         Some(task_logits) => seg + task_loss(task_logits, &batch.tasks, per_cube, config, device),
         None => seg,
     }
 }
 
+/// A task's `rows` of `logits` as its softmax sees them (every channel in union mode, its own
+/// group in per-task mode), and the positions of its group's channels among them.
+fn group_part(
+    logits: &Tensor<2>,
+    group: &[usize],
+    rows: std::ops::Range<usize>,
+    mode: OutputMode,
+) -> (Tensor<2>, Vec<usize>) {
+    let part = logits.clone().narrow(0, rows.start, rows.len());
+    match mode {
+        OutputMode::Union => (part, group.to_vec()),
+        OutputMode::PerTask => (
+            part.narrow(1, group[0], group.len()),
+            (0..group.len()).collect(),
+        ),
+    }
+}
+
+/// `[targets, width]`: a 1 at each target's position.
+fn one_hot(targets: &[i64], width: usize, device: &Device) -> Tensor<2> {
+    let mut values = vec![0f32; targets.len() * width];
+    for (row, &target) in targets.iter().enumerate() {
+        values[row * width + target as usize] = 1.0;
+    }
+    Tensor::<2>::from_data(TensorData::new(values, [targets.len(), width]), device)
+}
+
+/// 1 - the mean soft Dice of `channels` of `probabilities` (`[voxels, width]`) against
+/// `one_hot`, each channel's overlap and sizes summed over all the voxels and smoothed by 1
+/// (nnU-Net's batch Dice). `engine::train` computes the same by hand.
+fn dice_loss(
+    probabilities: Tensor<2>,
+    one_hot: Tensor<2>,
+    channels: &[usize],
+    device: &Device,
+) -> Tensor<1> {
+    let width = probabilities.dims()[1];
+    let overlap = (probabilities.clone() * one_hot.clone())
+        .sum_dim(0)
+        .reshape([width]);
+    let sizes = (probabilities.sum_dim(0) + one_hot.sum_dim(0)).reshape([width]);
+    let dice = (overlap * 2.0 + 1.0) / (sizes + 1.0);
+    let chosen: Vec<i64> = channels.iter().map(|&c| c as i64).collect();
+    let chosen = Tensor::<1, Int>::from_data(TensorData::new(chosen, [channels.len()]), device);
+    dice.select(0, chosen).mean().neg() + 1.0
+}
+
 /// Per task below `count`: the run of samples of a task-major batch (`tasks` holds each
 /// sample's task) that belong to it, empty when the batch has none.
-fn task_runs(tasks: &[usize], count: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn task_runs(tasks: &[usize], count: usize) -> Vec<std::ops::Range<usize>> {
     (0..count)
         .map(|t| tasks.partition_point(|&x| x < t)..tasks.partition_point(|&x| x <= t))
         .collect()
@@ -162,36 +225,15 @@ pub fn crop_loss(
         if run.is_empty() {
             continue;
         }
-        let (rows, len) = (run.start * per_crop, run.len() * per_crop);
-        let (part, dice_channels) = match layout.mode {
-            OutputMode::Union => (logits.clone().narrow(0, rows, len), group.clone()),
-            OutputMode::PerTask => (
-                logits
-                    .clone()
-                    .narrow(0, rows, len)
-                    .narrow(1, group[0], group.len()),
-                (0..group.len()).collect(),
-            ),
-        };
+        let rows = run.start * per_crop..run.end * per_crop;
+        let len = rows.len();
+        let (part, dice_channels) = group_part(&logits, group, rows.clone(), layout.mode);
         let width = part.dims()[1];
-        let targets = &crops.targets[rows..rows + len];
-        let mut one_hot = vec![0f32; len * width];
-        for (p, &target) in targets.iter().enumerate() {
-            one_hot[p * width + target as usize] = 1.0;
-        }
-        let one_hot = Tensor::<2>::from_data(TensorData::new(one_hot, [len, width]), device);
+        let one_hot = one_hot(&crops.targets[rows], width, device);
         let cross_entropy =
             (log_softmax(part.clone(), 1) * one_hot.clone()).sum().neg() / len as f32;
-        let probabilities = softmax(part, 1);
-        let overlap = (probabilities.clone() * one_hot.clone())
-            .sum_dim(0)
-            .reshape([width]);
-        let sizes = (probabilities.sum_dim(0) + one_hot.sum_dim(0)).reshape([width]);
-        let dice = (overlap * 2.0 + 1.0) / (sizes + 1.0);
-        let chosen: Vec<i64> = dice_channels.iter().map(|&c| c as i64).collect();
-        let chosen =
-            Tensor::<1, Int>::from_data(TensorData::new(chosen, [dice_channels.len()]), device);
-        let loss = (cross_entropy + dice.select(0, chosen).mean().neg() + 1.0) * share as f32;
+        let dice = dice_loss(softmax(part, 1), one_hot, &dice_channels, device);
+        let loss = (cross_entropy + dice) * share as f32;
         total = Some(match total {
             Some(acc) => acc + loss,
             None => loss,
@@ -228,6 +270,23 @@ mod tests {
             tasks,
             centre_classes: vec![],
         }
+    }
+
+    #[test]
+    fn soft_dice_is_zero_for_the_targets_and_grows_as_a_class_is_missed() {
+        let device = Device::flex();
+        let targets = [0, 1, 1, 2];
+        let exact = one_hot(&targets, 3, &device);
+        let loss = |p: Tensor<2>, channels: &[usize]| {
+            dice_loss(p, exact.clone(), channels, &device).into_scalar::<f32>()
+        };
+        assert!(loss(exact.clone(), &[0, 1, 2]).abs() < 1e-6);
+        // Class 2's voxel called 1: its Dice drops to 1/2 (smoothed by 1), class 1's to 5/6.
+        let missed = one_hot(&[0, 1, 1, 1], 3, &device);
+        let expected = 1.0 - (1.0 + 5.0 / 6.0 + 0.5) / 3.0;
+        assert!((loss(missed.clone(), &[0, 1, 2]) - expected).abs() < 1e-6);
+        // Only the chosen channels count.
+        assert!(loss(missed, &[0]).abs() < 1e-6);
     }
 
     #[test]
