@@ -331,6 +331,10 @@ impl Preset {
         if t.learning_rate <= 0.0 || !t.learning_rate.is_finite() {
             return Err("learning_rate must be positive".into());
         }
+        // A negative weight would reward a worse Dice.
+        if t.dice_weight < 0.0 || !t.dice_weight.is_finite() {
+            return Err("dice_weight must be 0 (off) or positive".into());
+        }
         if !(0.0..=1.0).contains(&t.blur_probability) || !(0.0..=4.0).contains(&t.blur_sigma) {
             return Err(
                 "blur_probability must be in [0, 1] and blur_sigma in [0, 4] voxels".into(),
@@ -388,6 +392,10 @@ mod tests {
         .unwrap();
         let err = Preset::named_or_file(blur.to_str().unwrap()).unwrap_err();
         assert!(err.to_string().contains("blur_probability"), "{err}");
+        let dice = dir.path().join("dice.toml");
+        std::fs::write(&dice, "[training]\ndice_weight = -1.0\n").unwrap();
+        let err = Preset::named_or_file(dice.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("dice_weight"), "{err}");
     }
 
     #[test]
