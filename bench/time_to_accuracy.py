@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from time_to_accuracy_summary import first_holding, first_reaching
+
 HERE = pathlib.Path(__file__).resolve().parent
 CT_AIR_HU = -950.0
 
@@ -266,19 +268,6 @@ def train_mtseg(args, datasets):
     for _, it, t, d in rows:
         print(f"  mtseg    {t:7.1f} s  iteration {it:5d}  mean Dice {d:.3f}")
     return rows
-
-
-def first_reaching(rows, target):
-    """Training time of the first validation at or above `target`."""
-    return next((t for _, _, t, d in rows if d >= target), None)
-
-
-def first_holding(rows, target):
-    """Training time of the first validation at which two of the last three reach `target`:
-    the curves are noisy (one validation case per task), and one lucky validation does not
-    count."""
-    held = lambda k: sorted(row[3] for row in rows[k - 2:k + 1])[1] >= target
-    return next((rows[k][2] for k in range(2, len(rows)) if held(k)), None)
 
 
 def compare(ours, theirs, stopped, torch_seconds):
