@@ -6,7 +6,7 @@ import sys
 import tempfile
 import unittest
 
-from time_to_accuracy_summary import crossing, first_holding, first_reaching, read_curves
+from time_to_accuracy_summary import crossing, first_holding, first_reaching
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -55,6 +55,16 @@ class CommandLine(unittest.TestCase):
                       "at least 10x in 1 of 2 runs", done.stdout)
         self.assertIn("held: 10.0x to 20.0x, median 15.0x, totals 13.3x (120.0 s against 9.0 s), "
                       "at least 10x in 2 of 2 runs", done.stdout)
+
+    def test_a_pytorch_run_that_never_got_there_is_counted_as_a_lower_bound(self):
+        done = self.run_summary("trainer,iteration,training_seconds,val_mean_dice\n"
+                                "mtseg,10,1,0.9\nmtseg,20,2,0.9\nmtseg,30,3,0.9\n"
+                                "pytorch,1,30,0.5\npytorch,2,60,0.7\n")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("1.0 / >60.0 s: >60.0x", done.stdout)
+        self.assertIn("first: 60.0x to 60.0x, median 60.0x, totals 60.0x (60.0 s against 1.0 s), "
+                      "at least 10x in 1 of 1 runs (1 of them lower bounds: PyTorch did not get there)",
+                      done.stdout)
 
     def test_a_file_that_is_not_a_curve_is_an_error_naming_it(self):
         done = self.run_summary("trainer,iteration\nmtseg,1\n")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from time_to_accuracy_summary import first_holding, first_reaching
+from time_to_accuracy_summary import first_holding, first_reaching, read_curves
 
 HERE = pathlib.Path(__file__).resolve().parent
 CT_AIR_HU = -950.0
@@ -243,13 +243,6 @@ def train_torch(args, network, train, validation, classes):
     return rows
 
 
-def earlier_torch_rows(path):
-    """PyTorch's rows of an earlier run's CSV, as train_torch returns them."""
-    with open(path) as f:
-        return [("pytorch", int(r["iteration"]), float(r["training_seconds"]), float(r["val_mean_dice"]))
-                for r in csv.DictReader(f) if r["trainer"] == "pytorch"]
-
-
 # ---- mtseg ---------------------------------------------------------------------------
 
 
@@ -349,7 +342,7 @@ def main():
     mtseg_rows = train_mtseg(args, datasets)
     if args.torch_csv:
         print(f"pytorch: the curve in {args.torch_csv}", flush=True)
-        torch_rows = earlier_torch_rows(args.torch_csv)
+        torch_rows = read_curves(args.torch_csv)["pytorch"]
     else:
         print(f"pytorch {torch.__version__}: the paper's sampling, {args.torch_per_task} voxels per task and "
               f"batch, Adam lr {args.torch_lr}", flush=True)

@@ -55,11 +55,13 @@ def summarise(name, runs, goal):
     counted = [(m, p) for m, p, _ in runs if m is not None and p is not None]
     if not counted:
         return f"{name}: no run where both got there"
+    bounds = sum(bound for m, _, bound in runs if m is not None)
+    bounds_text = f" ({bounds} of them lower bounds: PyTorch did not get there)" if bounds else ""
     ratios = [p / m for m, p in counted]
     total = sum(p for _, p in counted) / sum(m for m, _ in counted)
     return (f"{name}: {min(ratios):.1f}x to {max(ratios):.1f}x, median {statistics.median(ratios):.1f}x, "
             f"totals {total:.1f}x ({sum(p for _, p in counted):.1f} s against {sum(m for m, _ in counted):.1f} s), "
-            f"at least {goal:g}x in {sum(r >= goal for r in ratios)} of {len(counted)} runs")
+            f"at least {goal:g}x in {sum(r >= goal for r in ratios)} of {len(counted)} runs{bounds_text}")
 
 
 def cell(ours, theirs, lower_bound):
