@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc keeps freed pages for reuse: with the system allocator every training step
+/// returned its large buffers to the kernel and faulted them in again, zeroed (a million page
+/// faults in 300 steps of the benchmark's network; bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mtseg",
