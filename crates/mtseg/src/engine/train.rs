@@ -20,7 +20,7 @@ use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig};
 use crate::train::loss::{task_runs, voxel_weights};
 
 /// Batch-norm running statistics move this far towards each batch's (as in burn).
-const MOMENTUM: f32 = 0.1;
+pub(super) const MOMENTUM: f32 = 0.1;
 
 /// Images whose weight gradients one task of the backward pass sums: enough to share its
 /// buffers, few enough to spread a batch's images over the cores.
@@ -117,18 +117,7 @@ fn branch_forward(
                 sums
             })
             .collect();
-        let count = (n * ho * wo) as f64;
-        let (sum, sum2) = sum_in_order(parts, co);
-        let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
-        let var: Vec<f32> = sum2
-            .iter()
-            .zip(&mean)
-            .map(|(s2, m)| ((s2 / count) as f32 - m * m).max(0.0))
-            .collect();
-        let inv_std: Vec<f32> = var
-            .iter()
-            .map(|v| 1.0 / (v + layer.epsilon).sqrt())
-            .collect();
+        let (mean, var, inv_std) = batch_statistics(parts, (n * ho * wo) as f64, layer.epsilon);
         let mut output = workspace.overwritten(z.len());
         z.par_chunks_mut(co * 1024)
             .zip(output.par_chunks_mut(co * 1024))
@@ -136,17 +125,14 @@ fn branch_forward(
                 normalise_and_activate(zs, os, &mean, &inv_std, &layer.gamma, &layer.beta);
             });
         let p = format!("{prefix}.layers.{l}.norm");
-        let blend = |old: &[f32], new: &[f32]| -> Vec<f32> {
-            old.iter()
-                .zip(new)
-                .map(|(o, v)| (1.0 - MOMENTUM) * o + MOMENTUM * v)
-                .collect()
-        };
         running.insert(
             format!("{p}.running_mean"),
-            blend(&layer.running_mean, &mean),
+            moved_towards(&layer.running_mean, &mean),
         );
-        running.insert(format!("{p}.running_var"), blend(&layer.running_var, &var));
+        running.insert(
+            format!("{p}.running_var"),
+            moved_towards(&layer.running_var, &var),
+        );
         caches.push(LayerCache {
             normalised: z,
             output,
@@ -160,19 +146,90 @@ fn branch_forward(
     caches
 }
 
+/// Batch-norm statistics from each image's (or chunk's) channel sums and sums of squares, in
+/// order, over `count` values per channel: the mean, the (biased, as burn's) variance and
+/// 1 / sqrt(variance + epsilon).
+pub(super) fn batch_statistics(
+    parts: Vec<(Vec<f64>, Vec<f64>)>,
+    count: f64,
+    epsilon: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let co = parts.first().map_or(0, |p| p.0.len());
+    let (sum, sum2) = sum_in_order(parts, co);
+    let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
+    let var: Vec<f32> = sum2
+        .iter()
+        .zip(&mean)
+        .map(|(s2, m)| ((s2 / count) as f32 - m * m).max(0.0))
+        .collect();
+    let inv_std = var.iter().map(|v| 1.0 / (v + epsilon).sqrt()).collect();
+    (mean, var, inv_std)
+}
+
+/// A running statistic moved [`MOMENTUM`] of the way towards the batch's.
+pub(super) fn moved_towards(running: &[f32], batch: &[f32]) -> Vec<f32> {
+    running
+        .iter()
+        .zip(batch)
+        .map(|(o, v)| (1.0 - MOMENTUM) * o + MOMENTUM * v)
+        .collect()
+}
+
+/// Batch norm's backward pass for one layer, from the sums over its output gradient `dy`
+/// (after the activation's backward) and `dy * xh`.
+pub(super) struct NormGradients {
+    /// The gradients of gamma and beta.
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    shift: Vec<f32>,
+    slope: Vec<f32>,
+}
+
+/// [`NormGradients`] from the per-chunk sums (in order) over `count` values per channel.
+pub(super) fn norm_gradients(
+    parts: Vec<(Vec<f64>, Vec<f64>)>,
+    gamma: &[f32],
+    count: f64,
+) -> NormGradients {
+    let (sum_dy, sum_dy_xh) = sum_in_order(parts, gamma.len());
+    let scaled = |sums: &[f64]| -> Vec<f32> {
+        gamma
+            .iter()
+            .zip(sums)
+            .map(|(g, s)| (*g as f64 * s / count) as f32)
+            .collect()
+    };
+    NormGradients {
+        shift: scaled(&sum_dy),
+        slope: scaled(&sum_dy_xh),
+        gamma: sum_dy_xh.iter().map(|v| *v as f32).collect(),
+        beta: sum_dy.iter().map(|v| *v as f32).collect(),
+    }
+}
+
+impl NormGradients {
+    /// `d` (the gradient at the normalised output `xh`) becomes the gradient at the norm's
+    /// input.
+    pub(super) fn backward(&self, d: &mut [f32], xh: &[f32], inv_std: &[f32], gamma: &[f32]) {
+        batch_norm_backward(d, xh, inv_std, gamma, &self.shift, &self.slope);
+    }
+}
+
 // The element-wise passes below are vectorised for the widest instruction set the CPU has:
 // x86-64 builds target SSE2 alone, which runs 4 floats at a time.
 
-/// Batch norm with the batch's statistics, then ELU, over channels-last pixels: `z` becomes
-/// the normalised value (kept for the backward pass), `out` the layer's output.
-#[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
-fn normalise_and_activate(
+/// Batch norm with the batch's statistics, then `activation`, over channels-last pixels: `z`
+/// becomes the normalised value (kept for the backward pass), `out` the layer's output.
+/// Inlined into each multiversioned caller, so that it is compiled for the caller's CPU.
+#[inline(always)]
+fn normalise_then(
     z: &mut [f32],
     out: &mut [f32],
     mean: &[f32],
     inv_std: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    activation: impl Fn(f32) -> f32,
 ) {
     let co = mean.len();
     assert!(z.len() == out.len() && z.len().is_multiple_of(co));
@@ -182,16 +239,42 @@ fn normalise_and_activate(
         for (((z, o), (m, s)), (g, b)) in zp.iter_mut().zip(op).zip(statistics).zip(affine) {
             let xh = (*z - m) * s;
             *z = xh;
-            *o = elu(g * xh + b);
+            *o = activation(g * xh + b);
         }
     }
+}
+
+/// [`normalise_then`] ELU (the triplanar network).
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
+fn normalise_and_activate(
+    z: &mut [f32],
+    out: &mut [f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) {
+    normalise_then(z, out, mean, inv_std, gamma, beta, elu);
+}
+
+/// [`normalise_then`] ReLU (the U-Net).
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
+pub(super) fn normalise_and_relu(
+    z: &mut [f32],
+    out: &mut [f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) {
+    normalise_then(z, out, mean, inv_std, gamma, beta, |v| v.max(0.0));
 }
 
 /// Per channel of channels-last `a` and `b`: adds the values of `a` to `sums` and the
 /// products `a * b` to `products`, in f64 (batch-norm statistics with `b = a`, and the sums
 /// of its backward pass).
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
-fn add_channel_sums(a: &[f32], b: &[f32], sums: &mut [f64], products: &mut [f64]) {
+pub(super) fn add_channel_sums(a: &[f32], b: &[f32], sums: &mut [f64], products: &mut [f64]) {
     const LANES: usize = 8;
     let co = sums.len();
     assert!(a.len() == b.len() && a.len().is_multiple_of(co) && products.len() == co);
@@ -276,7 +359,7 @@ fn batch_norm_backward(
 /// Sums per-chunk partial results in chunk order. rayon's `reduce` combines partials in an
 /// order that depends on scheduling; floating-point sums would then differ between runs,
 /// and a resumed training would not reproduce an uninterrupted one bit for bit.
-fn sum_in_order<T>(parts: Vec<(Vec<T>, Vec<T>)>, len: usize) -> (Vec<T>, Vec<T>)
+pub(super) fn sum_in_order<T>(parts: Vec<(Vec<T>, Vec<T>)>, len: usize) -> (Vec<T>, Vec<T>)
 where
     T: Copy + Default + std::ops::AddAssign,
 {
@@ -331,23 +414,9 @@ fn branch_backward(
                 (s, sx)
             })
             .collect();
-        let (sum_dy, sum_dy_xh) = sum_in_order(parts, co);
         let g = &layer.gamma;
-        let shift: Vec<f32> = (0..co)
-            .map(|c| (g[c] as f64 * sum_dy[c] / count) as f32)
-            .collect();
-        let slope: Vec<f32> = (0..co)
-            .map(|c| (g[c] as f64 * sum_dy_xh[c] / count) as f32)
-            .collect();
+        let norm = norm_gradients(parts, g, count);
         let p = format!("{prefix}.layers.{l}");
-        gradients.insert(
-            format!("{p}.norm.gamma"),
-            sum_dy_xh.iter().map(|v| *v as f32).collect(),
-        );
-        gradients.insert(
-            format!("{p}.norm.beta"),
-            sum_dy.iter().map(|v| *v as f32).collect(),
-        );
         // Through the convolution, image by image.
         let ci = layer.conv.ci;
         let (in_size, out_size) = (h * w * ci, cache.h * cache.w * co);
@@ -379,7 +448,7 @@ fn branch_backward(
             .map_init(
                 BackwardScratch::default,
                 |scratch, (((dzs, xh), images), dxs)| {
-                    batch_norm_backward(dzs, xh, inv_std, g, &shift, &slope);
+                    norm.backward(dzs, xh, inv_std, g);
                     let dzs = &*dzs;
                     let mut dw = vec![0f32; weight_len];
                     let mut db = vec![0f32; co];
@@ -395,6 +464,8 @@ fn branch_backward(
             )
             .collect();
         let (dw, db) = sum_in_order(parts, weight_len);
+        gradients.insert(format!("{p}.norm.gamma"), norm.gamma);
+        gradients.insert(format!("{p}.norm.beta"), norm.beta);
         gradients.insert(format!("{p}.conv.weight"), layer.conv.to_oihw(&dw));
         gradients.insert(format!("{p}.conv.bias"), db);
         drop(dx_parts);
@@ -471,7 +542,7 @@ fn drop_and_activate_backward(d: &mut [f32], a: &[f32], mask: Option<&[f32]>) {
 
 /// `dW (out x in) = dY^T (out x n) * X (n x in)`, `db = column sums of dY`, and
 /// `dX (n x in) = dY (n x out) * W (out x in)` when asked.
-fn dense_backward(
+pub(super) fn dense_backward(
     layer: &Dense,
     x: &[f32],
     dy: &[f32],
@@ -520,7 +591,7 @@ fn dense_backward(
 
 /// Softmax cross-entropy over `channels` of one voxel's logits: returns the weighted loss and
 /// writes `weight * (softmax - onehot)` into `grad` at those channels.
-fn softmax_cross_entropy(
+pub(super) fn softmax_cross_entropy(
     logits: &[f32],
     channels: &[usize],
     target: usize,
@@ -543,7 +614,7 @@ fn softmax_cross_entropy(
 /// The soft Dice term of [`crate::train::loss`] for one task's voxels: `logits` their rows
 /// (`c` wide), the softmax over `channels`, the Dice over the positions `dice` among them.
 /// Returns `weight` x (1 - the mean soft Dice) and adds its gradient at the logits to `grad`.
-fn add_soft_dice(
+pub(super) fn add_soft_dice(
     logits: &[f32],
     c: usize,
     targets: &[i64],

@@ -23,10 +23,10 @@ fn bias_or_zeros(bias: &Option<Param<Tensor<1>>>, outputs: usize) -> Vec<f32> {
         .map_or_else(|| vec![0.0; outputs], |b| values(b.val()))
 }
 
-/// A 3x3 convolution with the batch norm after it folded in (running statistics).
-fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> PreparedConv {
+/// A 3x3 convolution and the batch norm after it, as plain arrays.
+pub(super) fn conv_and_norm(conv: &Conv2d, norm: &BatchNorm) -> BranchLayer {
     let [co, ci, _, _] = conv.weight.dims();
-    let layer = BranchLayer {
+    BranchLayer {
         conv: Conv3x3::from_oihw(
             ci,
             co,
@@ -35,15 +35,20 @@ fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> PreparedConv {
         ),
         gamma: values(norm.gamma.val()),
         beta: values(norm.beta.val()),
-        running_mean: values(norm.running_mean.value()),
-        running_var: values(norm.running_var.value()),
+        // Synchronised: a training step's update is otherwise seen one step late.
+        running_mean: values(norm.running_mean.value_sync()),
+        running_var: values(norm.running_var.value_sync()),
         epsilon: norm.epsilon as f32,
-    };
-    PreparedConv::new(layer.folded())
+    }
+}
+
+/// A 3x3 convolution with the batch norm after it folded in (running statistics).
+fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> PreparedConv {
+    PreparedConv::new(conv_and_norm(conv, norm).folded())
 }
 
 /// A 1x1 convolution as a dense layer over pixels.
-fn pixelwise(conv: &Conv2d) -> Dense {
+pub(super) fn pixelwise(conv: &Conv2d) -> Dense {
     let [outputs, inputs, _, _] = conv.weight.dims();
     Dense {
         inputs,
@@ -55,16 +60,16 @@ fn pixelwise(conv: &Conv2d) -> Dense {
 
 /// A 2x2 transposed convolution of stride 2: each input pixel becomes a 2x2 block.
 #[derive(Clone, Debug)]
-struct UpConv {
-    ci: usize,
-    co: usize,
+pub struct UpConv {
+    pub ci: usize,
+    pub co: usize,
     /// `ci x (4 co)` row-major: input channel, then block position (ky, kx), then output.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
 }
 
 impl UpConv {
-    fn new(up: &ConvTranspose2d) -> Self {
+    pub(super) fn new(up: &ConvTranspose2d) -> Self {
         // burn's layout: [ci][co][ky][kx].
         let [ci, co, _, _] = up.weight.dims();
         let burn = values(up.weight.val());
@@ -85,7 +90,7 @@ impl UpConv {
     }
 
     /// `h x w x ci` to `2h x 2w x co`.
-    fn forward(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+    pub(super) fn forward(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
         let co = self.co;
         let mut blocks = vec![0f32; h * w * 4 * co];
         matmul(
@@ -139,26 +144,33 @@ impl FoldedBlock {
     }
 }
 
+/// `padded` becomes the `h x w x c` image `x` with a border of one zero pixel (burn's padding
+/// of the 3x3 convolutions): `(h + 2) x (w + 2) x c`.
+pub(super) fn pad_by_one(x: &[f32], h: usize, w: usize, c: usize, padded: &mut Vec<f32>) {
+    let wp = w + 2;
+    padded.clear();
+    padded.resize((h + 2) * wp * c, 0.0);
+    for (y, row) in x.chunks_exact(w * c).take(h).enumerate() {
+        padded[((y + 1) * wp + 1) * c..][..w * c].copy_from_slice(row);
+    }
+}
+
 /// `h x w x ci` to `h x w x co`: the input zero-padded by one pixel, convolved, ReLU.
 fn same_conv_relu(conv: &PreparedConv, x: &[f32], h: usize, w: usize) -> Vec<f32> {
-    let ci = conv.conv.ci;
-    let (hp, wp) = (h + 2, w + 2);
-    let mut padded = vec![0f32; hp * wp * ci];
-    for (y, row) in x.chunks(w * ci).enumerate() {
-        padded[((y + 1) * wp + 1) * ci..][..w * ci].copy_from_slice(row);
-    }
+    let mut padded = Vec::new();
+    pad_by_one(x, h, w, conv.conv.ci, &mut padded);
     let mut out = vec![0f32; h * w * conv.conv.co];
     let relu = |row: &mut [f32]| {
         for v in row {
             *v = v.max(0.0);
         }
     };
-    conv.forward_image(&padded, hp, wp, &mut out, &mut Vec::new(), 1, &relu);
+    conv.forward_image(&padded, h + 2, w + 2, &mut out, &mut Vec::new(), 1, &relu);
     out
 }
 
 /// 2x2 max pooling of stride 2 (`h` and `w` even).
-fn max_pool(x: &[f32], h: usize, w: usize, c: usize) -> Vec<f32> {
+pub(super) fn max_pool(x: &[f32], h: usize, w: usize, c: usize) -> Vec<f32> {
     let (ho, wo) = (h / 2, w / 2);
     let mut out = vec![f32::NEG_INFINITY; ho * wo * c];
     for y in 0..2 * ho {
@@ -258,7 +270,7 @@ impl FoldedUNet {
 }
 
 /// `channels x pixels` to `pixels x channels`.
-fn channels_last(x: &[f32], channels: usize, pixels: usize) -> Vec<f32> {
+pub(super) fn channels_last(x: &[f32], channels: usize, pixels: usize) -> Vec<f32> {
     let mut out = vec![0f32; channels * pixels];
     for (c, plane) in x.chunks(pixels).enumerate() {
         for (p, v) in plane.iter().enumerate() {

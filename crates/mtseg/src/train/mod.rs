@@ -383,7 +383,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
                         .sampler
                         .next_crops(&data.volumes, &data.draws, &config, &meta.layout);
                 let (next, loss) =
-                    step::unet_step(unet, &mut optimizer, &crops, &meta.layout, &config, lr);
+                    stepper.unet_step(unet, &mut optimizer, &crops, &meta.layout, &config, lr);
                 (Network::UNet(next), loss, crops.count, crops.targets.len())
             }
         };

@@ -1,5 +1,5 @@
-//! One optimisation step: mtseg's CPU kernels, or burn's autodiff on one GPU or several; the
-//! U-Net's step is burn's autodiff on its device (the CPU's Flex backend or a GPU).
+//! One optimisation step: mtseg's CPU kernels, or burn's autodiff on one GPU or several (the
+//! U-Net on one).
 //!
 //! Several GPUs train data parallel, the way burn's own multi-device learner does it on
 //! backends without collective operations (wgpu has none): one long-lived worker thread per
@@ -18,7 +18,7 @@ use burn::prelude::*;
 use super::loss;
 use crate::data::{Batch, Crops};
 use crate::device::{Hardware, panic_message};
-use crate::engine::{self, CpuNetwork, ParamStore};
+use crate::engine::{self, CpuNetwork, ParamStore, UNetLayers};
 use crate::error::{Error, Result};
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{self, OutputLayout, TrainConfig, TriplanarNet, UNet};
@@ -114,8 +114,50 @@ fn kernels_step(
     (net, output.loss)
 }
 
-/// One U-Net step on `crops`: returns the updated network and the loss.
-pub fn unet_step(
+impl Stepper {
+    /// One U-Net step on `crops`: returns the updated network and the loss.
+    pub fn unet_step(
+        &self,
+        net: UNet,
+        optimizer: &mut ModuleOptimizer,
+        crops: &Crops,
+        layout: &OutputLayout,
+        config: &TrainConfig,
+        lr: f64,
+    ) -> (UNet, f64) {
+        match self {
+            Stepper::Kernels(_) => kernels_unet_step(net, optimizer, crops, layout, config, lr),
+            Stepper::Replicas(_) => burn_unet_step(net, optimizer, crops, layout, config, lr),
+        }
+    }
+}
+
+/// A U-Net step on the CPU kernels: their gradients go to burn's Adam, their batch-norm
+/// running statistics into the network.
+fn kernels_unet_step(
+    net: UNet,
+    optimizer: &mut ModuleOptimizer,
+    crops: &Crops,
+    layout: &OutputLayout,
+    config: &TrainConfig,
+    lr: f64,
+) -> (UNet, f64) {
+    let t0 = Instant::now();
+    let output = engine::unet_train_step(&UNetLayers::from_burn(&net), crops, layout, config);
+    let t1 = Instant::now();
+    output.write_running_statistics(&net);
+    let grads = output.gradients(&net, &Device::flex());
+    let net = optimizer.step(lr, net, grads);
+    tracing::debug!(
+        "kernels {:.3} s, optimizer {:.3} s",
+        (t1 - t0).as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
+    (net, output.loss)
+}
+
+/// A U-Net step through burn's autodiff on the network's device.
+pub(crate) fn burn_unet_step(
     net: UNet,
     optimizer: &mut ModuleOptimizer,
     crops: &Crops,
