@@ -132,6 +132,7 @@ fn bench_meta(quick: bool) -> ModelMeta {
                 modality: t.modality,
                 classes: vec![],
                 preprocessing: preprocessing.clone(),
+                expected: None,
             })
             .collect(),
         network,

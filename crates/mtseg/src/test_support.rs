@@ -42,6 +42,7 @@ pub fn two_task_meta(network: NetworkConfig, classes: &[(usize, &str, u16)]) -> 
                 target_spacing: [1.0; 3],
                 normalization: Normalization::MrRobustZ,
             },
+            expected: None,
         })
         .collect();
     ModelMeta {

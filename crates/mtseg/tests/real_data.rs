@@ -171,7 +171,7 @@ fn shipped_mean_dice(
         .map(|&c| dice(&predicted.data, &reference.data, c))
         .sum::<f64>()
         / classes.len() as f64;
-    (mean, report.task)
+    (mean, report.summary.task)
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use mtseg::device::Hardware;
-use mtseg::infer::{Segmenter, segment_file};
+use mtseg::infer::{SegmentReport, Segmenter, segment_file};
 use mtseg::io;
 use mtseg::model::SHIPPED_MODEL;
 
@@ -46,6 +46,10 @@ pub struct Args {
     /// Dice it lowers; see models/README.md).
     #[arg(long, value_name = "TASK")]
     mirror: Vec<String>,
+    /// Exit with an error when a segmentation's quality verdict warns (for pipelines that
+    /// must not go on with a likely wrong result); the outputs are written all the same.
+    #[arg(long)]
+    strict: bool,
     /// With a folder INPUT: segment only shard I of N (`--shard 0/4`), a deterministic
     /// subset, so that N jobs can share a cohort and one output folder.
     #[arg(long, value_parser = parse_shard)]
@@ -123,25 +127,45 @@ pub fn run(args: Args) -> Result<()> {
         args.probabilities.as_deref(),
     )?;
     print_report(&report);
+    warn_about(&report);
+    if args.strict && !report.summary.quality.ok {
+        bail!(
+            "{}: the segmentation's quality verdict warns (--strict)",
+            args.input.display()
+        );
+    }
     Ok(())
 }
 
-fn print_report(report: &mtseg::infer::SegmentReport) {
-    let task = report
+fn print_report(report: &SegmentReport) {
+    let summary = &report.summary;
+    let task = summary
         .task
         .as_deref()
         .unwrap_or("several tasks (joint label values)");
-    let recognised = report
+    let recognised = summary
         .recognition
         .as_ref()
         .map(|r| format!(", recognised with confidence {:.2}", r.confidence))
         .unwrap_or_default();
+    let verdict = if summary.quality.ok {
+        "quality ok"
+    } else {
+        "quality WARNING"
+    };
     println!(
-        "{} -> {}  [{task}{recognised}, {:.1} s]",
+        "{} -> {}  [{task}{recognised}, {verdict}, {:.1} s]",
         report.input.display(),
         report.output.display(),
         report.seconds
     );
+}
+
+/// Each warning of the quality verdict on stderr, naming the scan (even with --quiet).
+fn warn_about(report: &SegmentReport) {
+    for warning in &report.summary.quality.warnings {
+        eprintln!("warning: {}: {warning}", report.input.display());
+    }
 }
 
 fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<()> {
@@ -177,7 +201,7 @@ fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result
         std::fs::create_dir_all(p).with_context(|| format!("{}: cannot create", p.display()))?;
     }
     let bar = crate::progress::bar(inputs.len() as u64, "segment");
-    let mut failures = 0;
+    let (mut failures, mut warned) = (0, 0);
     for input in &inputs {
         let name = output_name(input);
         let output = args.output.join(&name);
@@ -192,14 +216,20 @@ fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result
             )?)
         });
         match result {
-            Ok(report) => crate::progress::say(
-                &bar,
-                &format!(
-                    "{} -> {}",
-                    input.display(),
-                    report.task.as_deref().unwrap_or("joint labels")
-                ),
-            ),
+            Ok(report) => {
+                crate::progress::say(
+                    &bar,
+                    &format!(
+                        "{} -> {}",
+                        input.display(),
+                        report.summary.task.as_deref().unwrap_or("joint labels")
+                    ),
+                );
+                if !report.summary.quality.ok {
+                    warned += 1;
+                    bar.suspend(|| warn_about(&report));
+                }
+            }
             Err(e) => {
                 failures += 1;
                 // Errors are printed even with --quiet.
@@ -210,13 +240,16 @@ fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result
     }
     bar.finish_and_clear();
     println!(
-        "{} of {} scans segmented into {}",
+        "{} of {} scans segmented into {}; {warned} with quality warnings",
         inputs.len() - failures,
         inputs.len(),
         args.output.display()
     );
     if failures > 0 {
         bail!("{failures} scans failed (see above)");
+    }
+    if args.strict && warned > 0 {
+        bail!("{warned} segmentations have quality warnings (--strict; see above)");
     }
     Ok(())
 }

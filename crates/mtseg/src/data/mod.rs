@@ -1,6 +1,7 @@
 //! Stage 4, data: training cases preprocessed once and held in memory, and the balanced
 //! sampler that cuts mini-batches of cubes out of them (see [`sampler`]).
 
+pub mod augment;
 pub mod sampler;
 pub mod slices;
 
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::io::{Image, LabelMap};
 use crate::preprocess::{self, Normalization, Prepared, Preprocessing, normalize};
 
-pub use sampler::{BalancedSampler, Batch, Crops, TaskDraw};
+pub use sampler::{BalancedSampler, Batch, Crops, RandomisedTask, TaskDraw};
 
 /// One preprocessed labelled case: canonical RAS layout, the task's spacing, normalised.
 #[derive(Clone, Debug)]
@@ -28,6 +29,9 @@ pub struct TrainingVolume {
     /// For each foreground class of the task (in task order), the indices of its voxels.
     /// Background voxels are drawn by rejection: they are the majority everywhere.
     pub class_voxels: Vec<Vec<u32>>,
+    /// The labels images are synthesised from ([`augment::generation_labels`]), for tasks
+    /// with domain randomisation; empty otherwise.
+    pub generation: Vec<u8>,
 }
 
 impl TrainingVolume {
@@ -96,12 +100,15 @@ pub fn plan_preprocessing(
     }
 }
 
-/// Prepares cases read by [`read_cases`] for training.
+/// Prepares cases read by [`read_cases`] for training; with `randomised`, with the labels
+/// their domain randomisation synthesises images from. A task normalised over its
+/// foreground takes it from the label maps.
 pub fn prepare_cases(
     task_index: usize,
     cases: Vec<(String, Image, LabelMap)>,
     preprocessing: &Preprocessing,
     space: &LabelSpace,
+    randomised: bool,
 ) -> Vec<TrainingVolume> {
     let classes = space.task_classes(task_index);
     cases
@@ -115,18 +122,30 @@ pub fn prepare_cases(
                     class_voxels[c].push(i as u32);
                 }
             }
-            let image = prepared.image;
+            let mut image = prepared.image;
+            let (shape, spacing) = (image.grid.shape, image.grid.spacing());
+            if preprocessing.normalization.needs_foreground() {
+                normalize::normalise_over(
+                    &mut image.data,
+                    &normalize::foreground_mask(&labels, shape, spacing),
+                );
+            }
             let pad = image.data.iter().cloned().fold(f32::INFINITY, f32::min);
-            TrainingVolume {
+            let mut volume = TrainingVolume {
                 case,
                 task: task_index,
-                shape: image.grid.shape,
-                spacing: image.grid.spacing(),
+                shape,
+                spacing,
                 pad,
                 image: image.data,
                 labels,
                 class_voxels,
+                generation: Vec::new(),
+            };
+            if randomised {
+                volume.generation = augment::generation_labels(&volume, &classes);
             }
+            volume
         })
         .collect()
 }

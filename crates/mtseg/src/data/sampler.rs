@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::TrainingVolume;
+use super::augment::{CropWindow, Randomisation, randomised_crop};
 use super::slices::{self, VolumeView};
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{Orientation, OutputLayout, TrainConfig};
@@ -81,12 +82,34 @@ fn of_cubes<T: Copy>(values: &[T], cubes: &[usize], per_cube: usize) -> Vec<T> {
 }
 
 /// What the sampler draws from one task for each mini-batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TaskDraw {
     /// The task's classes, background not counted.
     pub classes: usize,
     /// Samples (cubes or crops) of the task in each mini-batch.
     pub samples: usize,
+    /// U-Net crops: the task's domain randomisation ([`super::augment`]), if it has one.
+    pub randomised: Option<RandomisedTask>,
+}
+
+/// How a task's crops are randomised.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RandomisedTask {
+    /// Share of its crops synthesised from the labels.
+    pub synthetic_share: f64,
+    /// The task's images are normalised over its foreground
+    /// ([`crate::preprocess::Normalization::MrForegroundZ`]).
+    pub foreground_normalised: bool,
+}
+
+/// How one crop is cut: from the scan with the plain augmentation, or randomised.
+enum CropRecipe {
+    Plain {
+        blur_sigma: Option<f64>,
+        scale: f32,
+        shift: f32,
+    },
+    Randomised(Randomisation),
 }
 
 /// The sampler with its random state (saved in checkpoints for exact resumption).
@@ -170,7 +193,9 @@ impl BalancedSampler {
 
     /// Draws a balanced mini-batch of U-Net crops: per task its `draws` crops centred (give
     /// or take a quarter of the crop) on voxels of the task's classes in turn, each in a
-    /// random orientation, with the intensity jitter and blur of `config`.
+    /// random orientation, with the intensity jitter and blur of `config`, or, for the tasks
+    /// that have one, their domain randomisation. The draws are made in turn, then the crops
+    /// are cut in parallel.
     pub fn next_crops(
         &mut self,
         volumes: &[TrainingVolume],
@@ -180,13 +205,7 @@ impl BalancedSampler {
     ) -> Crops {
         let side = config.crop;
         let count = draws.iter().map(|d| d.samples).sum();
-        let mut crops = Crops {
-            count,
-            side,
-            images: Vec::with_capacity(count * INPUT_CHANNELS * side * side),
-            targets: Vec::with_capacity(count * side * side),
-            tasks: Vec::with_capacity(count),
-        };
+        let mut jobs = Vec::with_capacity(count);
         for (task, draw) in draws.iter().enumerate() {
             let of_task: Vec<&TrainingVolume> = volumes.iter().filter(|v| v.task == task).collect();
             assert!(!of_task.is_empty(), "task {task} has no training volume");
@@ -201,33 +220,69 @@ impl BalancedSampler {
                     centre[axis] as isize - (side / 2) as isize
                         + self.rng.random_range(-quarter..quarter) as isize
                 };
-                let window = [corner(row_axis), corner(col_axis)];
-                let slice = centre[o.normal_axis()] as isize;
-                let view = VolumeView {
-                    image: &volume.image,
-                    shape: volume.shape,
-                    pad: volume.pad,
+                let window = CropWindow {
+                    orientation: o,
+                    slice: centre[o.normal_axis()] as isize,
+                    window: [corner(row_axis), corner(col_axis)],
+                    side,
                 };
-                let first = crops.images.len();
-                let size = [side, side];
-                if self.rng.random::<f64>() < config.blur_probability {
-                    let sigma = self.rng.random::<f64>() * config.blur_sigma;
-                    slices::blurred_stack(view, o, slice, window, size, sigma, &mut crops.images);
-                } else {
-                    slices::stack(view, o, slice, window, size, &mut crops.images);
-                }
-                let jitter = config.intensity_jitter as f32;
-                let scale = 1.0 + (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
-                let shift = (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
-                for v in &mut crops.images[first..] {
-                    *v = *v * scale + shift;
-                }
-                slices::window_of(volume.shape, o, slice, window, [side, side], |index| {
-                    let joint = index.map_or(0, |i| volume.labels[i]);
-                    crops.targets.push(layout.target(task, joint) as i64);
-                });
-                crops.tasks.push(task);
+                let recipe = match draw.randomised {
+                    None => {
+                        let blur_sigma = (self.rng.random::<f64>() < config.blur_probability)
+                            .then(|| self.rng.random::<f64>() * config.blur_sigma);
+                        let jitter = config.intensity_jitter as f32;
+                        let scale = 1.0 + (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
+                        let shift = (self.rng.random::<f32>() * 2.0 - 1.0) * jitter;
+                        CropRecipe::Plain {
+                            blur_sigma,
+                            scale,
+                            shift,
+                        }
+                    }
+                    Some(randomised) => CropRecipe::Randomised(Randomisation {
+                        synthetic: self.rng.random::<f64>() < randomised.synthetic_share,
+                        rotation_degrees: config.rotation_degrees,
+                        scaling: config.scaling,
+                        foreground_normalised: randomised.foreground_normalised,
+                        seed: self.rng.random(),
+                    }),
+                };
+                jobs.push((volume, window, recipe));
             }
+        }
+        let cut: Vec<(Vec<f32>, Vec<i64>)> = jobs
+            .par_iter()
+            .map(|(volume, window, recipe)| {
+                let task = volume.task;
+                let target = |joint: u16| layout.target(task, joint) as i64;
+                match recipe {
+                    CropRecipe::Plain {
+                        blur_sigma,
+                        scale,
+                        shift,
+                    } => {
+                        let (image, targets) = plain_crop(volume, window, *blur_sigma);
+                        let image = image.into_iter().map(|v| v * scale + shift).collect();
+                        (image, targets.into_iter().map(target).collect())
+                    }
+                    CropRecipe::Randomised(how) => {
+                        let (image, labels) =
+                            randomised_crop(volume, &volume.generation, window, how);
+                        (image, labels.into_iter().map(target).collect())
+                    }
+                }
+            })
+            .collect();
+        let mut crops = Crops {
+            count,
+            side,
+            images: Vec::with_capacity(count * INPUT_CHANNELS * side * side),
+            targets: Vec::with_capacity(count * side * side),
+            tasks: jobs.iter().map(|(volume, _, _)| volume.task).collect(),
+        };
+        for (image, targets) in cut {
+            crops.images.extend(image);
+            crops.targets.extend(targets);
         }
         crops
     }
@@ -316,13 +371,53 @@ impl BalancedSampler {
     }
 }
 
+/// A crop cut from the scan as it is (optionally blurred by a Gaussian of this many voxels):
+/// its stack and the joint labels of its middle slice.
+pub(super) fn plain_crop(
+    volume: &TrainingVolume,
+    at: &CropWindow,
+    blur_sigma: Option<f64>,
+) -> (Vec<f32>, Vec<u16>) {
+    let view = VolumeView {
+        image: &volume.image,
+        shape: volume.shape,
+        pad: volume.pad,
+    };
+    let size = [at.side, at.side];
+    let mut image = Vec::with_capacity(INPUT_CHANNELS * at.side * at.side);
+    match blur_sigma {
+        Some(sigma) => slices::blurred_stack(
+            view,
+            at.orientation,
+            at.slice,
+            at.window,
+            size,
+            sigma,
+            &mut image,
+        ),
+        None => slices::stack(view, at.orientation, at.slice, at.window, size, &mut image),
+    }
+    let mut labels = Vec::with_capacity(at.side * at.side);
+    slices::window_of(
+        volume.shape,
+        at.orientation,
+        at.slice,
+        at.window,
+        size,
+        |index| {
+            labels.push(index.map_or(0, |i| volume.labels[i]));
+        },
+    );
+    (image, labels)
+}
+
 fn coords(v: &TrainingVolume, index: usize) -> [usize; 3] {
     let x = index % v.shape[0];
     let rest = index / v.shape[0];
     [x, rest % v.shape[1], rest / v.shape[1]]
 }
 
-fn rotation(a: f64, b: f64, c: f64) -> [[f64; 3]; 3] {
+pub(super) fn rotation(a: f64, b: f64, c: f64) -> [[f64; 3]; 3] {
     let (sa, ca, sb, cb, sc, cc) = (a.sin(), a.cos(), b.sin(), b.cos(), c.sin(), c.cos());
     // Rz(c) * Ry(b) * Rx(a)
     [

@@ -4,7 +4,7 @@
 
 use crate::model::Orientation;
 use crate::model::unet::{CONTEXT_SLICES, INPUT_CHANNELS};
-use crate::phantoms::shapes::gaussian_blur;
+use crate::preprocess::filter::gaussian_blur;
 
 /// A volume in canonical layout (x fastest), with the value that stands for "outside"
 /// (inference calls it `NetworkInput`).

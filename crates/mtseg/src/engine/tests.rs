@@ -130,6 +130,7 @@ fn volume(task: usize, seed: usize) -> TrainingVolume {
             .collect(),
         labels,
         pad: -2.0,
+        generation: Vec::new(),
     }
 }
 
@@ -155,7 +156,11 @@ fn two_task_batch(m: &ModelMeta, class_balance: f64) -> (TrainConfig, crate::dat
     let config = TrainConfig::new()
         .with_tile(3)
         .with_class_balance(class_balance);
-    let draws = [(2, 2), (1, 2)].map(|(classes, samples)| TaskDraw { classes, samples });
+    let draws = [(2, 2), (1, 2)].map(|(classes, samples)| TaskDraw {
+        classes,
+        samples,
+        randomised: None,
+    });
     let batch = BalancedSampler::new(9).next_batch(
         &volumes,
         &draws,

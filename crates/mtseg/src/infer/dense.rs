@@ -37,6 +37,19 @@ pub trait Engine: Sync {
 /// Receives one slab: `(z0, z1, class logits, task logits)`.
 pub type OnSlab<'a> = dyn FnMut(usize, usize, &[f32], &[f32]) + 'a;
 
+/// The logits of some of a volume's voxels: a first look at a scan, cheaper than a dense
+/// pass, to recognise its task and find its foreground.
+#[derive(Clone, Debug, Default)]
+pub struct Sampled {
+    /// The voxels looked at (indices into the volume; a voxel on slices of two orientations
+    /// comes twice).
+    pub voxels: Vec<usize>,
+    /// Class logits, voxel-major.
+    pub logits: Vec<f32>,
+    /// Task logits, voxel-major (empty without a task head).
+    pub task_logits: Vec<f32>,
+}
+
 /// What `segment` needs from a network: class and task logits for every voxel, handed over
 /// slab by slab along z (the triplanar engines through [`for_each_slab`], the U-Net through
 /// [`crate::infer::UNetEngine`]).
@@ -48,6 +61,25 @@ pub trait Dense: Sync {
     /// Calls `on_slab(z0, z1, class logits, task logits)` for slabs covering the volume,
     /// logits voxel-major, voxels ordered `x + nx * (y + ny * (z - z0))`.
     fn logits_by_slab(&self, input: &NetworkInput, settings: &DenseSettings, on_slab: &mut OnSlab);
+
+    /// The logits of the voxels of `slices` slices of each orientation, spread over the
+    /// volume. Networks that cannot look at single slices give every voxel's.
+    fn sampled_logits(
+        &self,
+        input: &NetworkInput,
+        settings: &DenseSettings,
+        slices: usize,
+    ) -> Sampled {
+        let _ = slices;
+        let mut sampled = Sampled::default();
+        self.logits_by_slab(input, settings, &mut |z0, z1, logits, task_logits| {
+            let [nx, ny, _] = input.shape;
+            sampled.voxels.extend(nx * ny * z0..nx * ny * z1);
+            sampled.logits.extend_from_slice(logits);
+            sampled.task_logits.extend_from_slice(task_logits);
+        });
+        sampled
+    }
 }
 
 impl<E: Engine + ?Sized> Dense for E {

@@ -5,6 +5,7 @@ pub mod burn_engine;
 pub mod dense;
 pub mod pipeline;
 pub mod postprocess;
+pub mod quality;
 pub mod unet_engine;
 
 use serde::Serialize;
@@ -16,8 +17,9 @@ use crate::engine::FoldedNetwork;
 use crate::model::output::task_probabilities;
 use crate::model::{Network, OutputLayout, OutputMode, TriplanarNet};
 pub use burn_engine::BurnEngine;
-pub use dense::{Dense, DenseSettings, Engine, NetworkInput};
-pub use pipeline::{SegmentReport, Segmenter, segment_file, sidecar_path};
+pub use dense::{Dense, DenseSettings, Engine, NetworkInput, Sampled};
+pub use pipeline::{SegmentReport, Segmented, Segmenter, Summary, segment_file, sidecar_path};
+pub use quality::Quality;
 pub use unet_engine::UNetEngine;
 
 /// The slab and batch sizes that suit `hardware`.

@@ -1,6 +1,8 @@
-//! Segmenting a file: read, reorient and resample as the model was trained, normalise,
-//! segment densely, bring the label map back to the input's exact grid, write it with the
-//! input's header geometry, and describe the result in a JSON sidecar.
+//! Segmenting a scan: reorient and resample it as the model was trained, normalise it, take
+//! a first look (a few slices) to recognise the task and find its foreground, segment it
+//! densely with the chosen task, bring the label map back to the scan's exact grid, measure
+//! the volumes and draw the quality verdict; [`segment_file`] reads and writes the files and
+//! the JSON sidecar around [`Segmenter::segment`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,16 +11,22 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::postprocess::keep_largest_component;
+use super::quality::{self, Evidence, LOW_PROBABILITY, Quality};
 use super::{
-    Dense, DenseSettings, NetworkInput, Recognition, Segmentation, TaskChoice, dense_engine,
-    segment,
+    Dense, DenseSettings, NetworkInput, Recognition, Sampled, Segmentation, TaskChoice,
+    dense_engine, segment,
 };
 use crate::datasets::Modality;
 use crate::device::Hardware;
 use crate::error::{Error, Result};
-use crate::io::{self, Image};
+use crate::io::{self, Image, LabelMap};
+use crate::model::output::task_probabilities;
 use crate::model::{Model, ModelMeta, OutputMode};
-use crate::preprocess::{self, Preprocessing, normalize::percentiles};
+use crate::preprocess::normalize::{foreground_mask, normalise_over, percentiles};
+use crate::preprocess::{self, Prepared, Preprocessing};
+
+/// Slices per orientation of the first look at a scan.
+const FIRST_LOOK_SLICES: usize = 6;
 
 /// A model ready to segment, on the CPU kernels or on a GPU.
 pub struct Segmenter {
@@ -70,14 +78,394 @@ impl Segmenter {
             ))
         })
     }
+
+    /// Segments `image` (with `task`'s classes, or the task the model recognises): the label
+    /// map on the image's own grid, the winning class's probability there when asked, and
+    /// what the sidecar says.
+    pub fn segment(
+        &self,
+        image: &Image,
+        task: Option<usize>,
+        want_probabilities: bool,
+    ) -> Result<Segmented> {
+        if image.data.is_empty() {
+            return Err(Error::usage("an empty image has nothing to segment"));
+        }
+        let (run, choice) = match task {
+            Some(t) => (self.run_task(image, t, None), Choice::given()),
+            None => self.recognise(image),
+        };
+        Ok(self.finish(image, run, choice, want_probabilities))
+    }
+
+    /// The network's input for a prepared image.
+    fn input<'a>(prepared: &'a Prepared) -> NetworkInput<'a> {
+        let pad = prepared
+            .image
+            .data
+            .iter()
+            .cloned()
+            .fold(f32::INFINITY, f32::min);
+        NetworkInput {
+            image: &prepared.image.data,
+            shape: prepared.image.grid.shape,
+            pad,
+        }
+    }
+
+    /// The image prepared as `preprocessing` says (normalised over the body), and the
+    /// network's first look at it.
+    fn look(&self, image: &Image, preprocessing: &Preprocessing) -> Look {
+        let prepared = preprocess::prepare_image(image, preprocessing);
+        let sampled =
+            self.engine
+                .sampled_logits(&Self::input(&prepared), &self.settings, FIRST_LOOK_SLICES);
+        Look {
+            preprocessing: preprocessing.clone(),
+            prepared,
+            sampled,
+        }
+    }
+
+    /// Segments `image` with task `t`'s classes, reusing a first look at its spacing.
+    fn run_task(&self, image: &Image, t: usize, look: Option<Look>) -> Run {
+        let preprocessing = &self.meta.tasks[t].preprocessing;
+        let (mut prepared, sampled) = match look {
+            Some(l) if &l.preprocessing == preprocessing => (l.prepared, Some(l.sampled)),
+            _ => (preprocess::prepare_image(image, preprocessing), None),
+        };
+        let mut foreground_found = None;
+        if preprocessing.normalization.needs_foreground() {
+            let sampled = sampled.unwrap_or_else(|| {
+                self.engine.sampled_logits(
+                    &Self::input(&prepared),
+                    &self.settings,
+                    FIRST_LOOK_SLICES,
+                )
+            });
+            let grid = &prepared.image.grid;
+            let mut labels = vec![0u16; grid.len()];
+            let group = &self.meta.layout.groups[t];
+            let c = self.engine.logit_channels();
+            for (v, logits) in sampled.voxels.iter().zip(sampled.logits.chunks_exact(c)) {
+                labels[*v] = self.meta.layout.decide(logits, group).0;
+            }
+            foreground_found = Some(labels.iter().filter(|&&l| l > 0).count());
+            let mask = foreground_mask(&labels, grid.shape, grid.spacing());
+            normalise_over(&mut prepared.image.data, &mask);
+        }
+        let segmentation = segment(
+            self.engine.as_ref(),
+            &self.meta.layout,
+            &Self::input(&prepared),
+            TaskChoice::Task(t),
+            &self.settings,
+            &self.mirrored_tasks,
+        );
+        Run {
+            segmentation,
+            prepared,
+            foreground_found,
+        }
+    }
+
+    /// Without `--task`. The candidates are the tasks of the image's modality (CT is told by
+    /// its Hounsfield units) whose training scans had a similar extent. In per-task mode a
+    /// first look at each candidate's spacing asks the task head, and the task most sure of
+    /// itself at its own spacing is segmented. In union mode the network runs densely at each
+    /// candidate spacing and the run most sure of its foreground wins.
+    fn recognise(&self, image: &Image) -> (Run, Choice) {
+        let meta = &self.meta;
+        let modality = if looks_like_ct(image) {
+            Modality::CT
+        } else {
+            Modality::MR
+        };
+        let mut candidates: Vec<usize> = (0..meta.tasks.len())
+            .filter(|&t| meta.tasks[t].modality == modality)
+            .collect();
+        if candidates.is_empty() {
+            candidates = (0..meta.tasks.len()).collect();
+        }
+        let extent = image.grid.largest_extent_mm();
+        let alike: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&t| {
+                meta.tasks[t]
+                    .expected
+                    .as_ref()
+                    .is_none_or(|e| (e.extent_mm[0]..=e.extent_mm[1]).contains(&extent))
+            })
+            .collect();
+        let unlike_every_task = alike.is_empty();
+        if !unlike_every_task {
+            candidates = alike;
+        }
+        let mut preprocessings: Vec<&Preprocessing> = Vec::new();
+        for &t in &candidates {
+            let p = &meta.tasks[t].preprocessing;
+            if !preprocessings.contains(&p) {
+                preprocessings.push(p);
+            }
+        }
+        if meta.layout.mode == OutputMode::Union {
+            let best = preprocessings
+                .into_iter()
+                .map(|p| self.run_union(image, p))
+                .max_by(|a, b| {
+                    mean_foreground_probability(&a.segmentation)
+                        .total_cmp(&mean_foreground_probability(&b.segmentation))
+                })
+                .expect("a model has at least one task");
+            let choice = Choice {
+                selection: "network",
+                recognition: None,
+                unlike_every_task,
+            };
+            return (best, choice);
+        }
+        let mut looks: Vec<Look> = preprocessings
+            .into_iter()
+            .map(|p| self.look(image, p))
+            .collect();
+        // Each candidate's probability where the image is prepared as for it.
+        let mut scores = vec![0f32; meta.tasks.len()];
+        for &t in &candidates {
+            let look = looks
+                .iter()
+                .find(|l| l.preprocessing == meta.tasks[t].preprocessing)
+                .expect("a look per candidate preprocessing");
+            scores[t] = mean_task_probabilities(&look.sampled, meta.tasks.len())[t];
+        }
+        let best = candidates
+            .iter()
+            .copied()
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .expect("at least one candidate");
+        let position = looks
+            .iter()
+            .position(|l| l.preprocessing == meta.tasks[best].preprocessing)
+            .expect("the best task's look");
+        let look = looks.swap_remove(position);
+        let mut run = self.run_task(image, best, Some(look));
+        run.segmentation.recognition = Some(Recognition {
+            task: best,
+            mean_probabilities: scores,
+        });
+        let choice = Choice {
+            selection: "task head",
+            recognition: Some(candidates),
+            unlike_every_task,
+        };
+        (run, choice)
+    }
+
+    /// Union mode: every class competes, at one candidate spacing.
+    fn run_union(&self, image: &Image, preprocessing: &Preprocessing) -> Run {
+        let prepared = preprocess::prepare_image(image, preprocessing);
+        let segmentation = segment(
+            self.engine.as_ref(),
+            &self.meta.layout,
+            &Self::input(&prepared),
+            TaskChoice::Automatic,
+            &self.settings,
+            &self.mirrored_tasks,
+        );
+        Run {
+            segmentation,
+            prepared,
+            foreground_found: None,
+        }
+    }
+
+    /// Post-processing, the labels back on the image's grid, volumes and the verdict.
+    fn finish(
+        &self,
+        image: &Image,
+        run: Run,
+        choice: Choice,
+        want_probabilities: bool,
+    ) -> Segmented {
+        let meta = &self.meta;
+        let space = &meta.label_space;
+        let Run {
+            mut segmentation,
+            prepared,
+            foreground_found,
+        } = run;
+        let postprocessed = if self.largest_component {
+            meta.largest_component_tasks()
+        } else {
+            Vec::new()
+        };
+        let removed = keep_largest_component(
+            &mut segmentation.labels,
+            prepared.image.grid.shape,
+            space,
+            &postprocessed,
+        );
+        let mut voxels_per_task: BTreeMap<String, usize> =
+            space.tasks.iter().map(|t| (t.name.clone(), 0)).collect();
+        let (mut labelled, mut low_confidence, mut foreground_probability) = (0usize, 0usize, 0f64);
+        for (&l, &p) in segmentation.labels.iter().zip(&segmentation.probability) {
+            if l == 0 {
+                continue;
+            }
+            if let Some(t) = space.task_of(l) {
+                *voxels_per_task
+                    .get_mut(&space.tasks[t].name)
+                    .expect("every task listed") += 1;
+            }
+            labelled += 1;
+            low_confidence += usize::from(p < LOW_PROBABILITY);
+            foreground_probability += p as f64;
+        }
+        let mean_probability = segmentation.probability.iter().sum::<f32>()
+            / segmentation.probability.len().max(1) as f32;
+        let joint = preprocess::restore_labels(segmentation.labels, &prepared);
+        // Dataset ids when one task is clear, joint ids otherwise.
+        let (values, label_values, labels): (Vec<u16>, _, BTreeMap<u16, String>) =
+            match segmentation.task {
+                Some(t) => (
+                    joint.iter().map(|&j| space.dataset_id(j)).collect(),
+                    "dataset",
+                    std::iter::once((0, "background".to_string()))
+                        .chain(
+                            meta.tasks[t]
+                                .classes
+                                .iter()
+                                .map(|(name, id)| (*id, name.clone())),
+                        )
+                        .collect(),
+                ),
+                None => (
+                    joint,
+                    "joint",
+                    (0..space.num_classes() as u16)
+                        .map(|j| (j, space.joint_name(j)))
+                        .collect(),
+                ),
+            };
+        let label_map: LabelMap = image.with_data(values);
+        let ids: Vec<u16> = labels.keys().copied().filter(|&id| id > 0).collect();
+        let volumes_ml: BTreeMap<String, f64> = ids
+            .iter()
+            .zip(label_map.volumes_ml(&ids))
+            .map(|(id, ml)| (labels[id].clone(), ml))
+            .collect();
+        let probabilities = want_probabilities.then(|| {
+            image.with_data(preprocess::restore_values(
+                segmentation.probability,
+                &prepared,
+            ))
+        });
+        let recognition = segmentation.recognition.as_ref().map(|r: &Recognition| {
+            let tried = choice.recognition.as_deref().unwrap_or_default();
+            RecognitionReport {
+                task: meta.tasks[r.task].name.clone(),
+                confidence: r.mean_probabilities[r.task],
+                probabilities: tried
+                    .iter()
+                    .map(|&t| (meta.tasks[t].name.clone(), r.mean_probabilities[t]))
+                    .collect(),
+            }
+        });
+        let task_name = segmentation.task.map_or_else(
+            || "several tasks".to_string(),
+            |t| meta.tasks[t].name.clone(),
+        );
+        let quality = quality::verdict(&Evidence {
+            task: &task_name,
+            expected: segmentation
+                .task
+                .and_then(|t| meta.tasks[t].expected.as_ref()),
+            recognition: recognition
+                .as_ref()
+                .map(|r| (r.confidence, &r.probabilities)),
+            unlike_every_task: choice.unlike_every_task,
+            volumes_ml: &volumes_ml,
+            extent_mm: image.grid.largest_extent_mm(),
+            low_confidence_share: low_confidence as f64 / labelled.max(1) as f64,
+            foreground_found,
+        });
+        let summary = Summary {
+            task: segmentation.task.map(|t| meta.tasks[t].name.clone()),
+            label_values,
+            labels,
+            task_selection: choice.selection,
+            mirrored_left_right: self
+                .mirrored_tasks
+                .iter()
+                .map(|&t| meta.tasks[t].name.clone())
+                .collect(),
+            recognition,
+            volumes_ml,
+            voxels_per_task,
+            postprocessing: (!postprocessed.is_empty()).then(|| {
+                postprocessed
+                    .iter()
+                    .map(|&t| format!("{}: largest connected object", meta.tasks[t].name))
+                    .collect()
+            }),
+            voxels_removed_by_postprocessing: removed,
+            mean_probability,
+            mean_foreground_probability: (foreground_probability / labelled.max(1) as f64) as f32,
+            quality,
+        };
+        Segmented {
+            labels: label_map,
+            probabilities,
+            summary,
+        }
+    }
 }
 
-/// What `segment` did with one file (also written as the JSON sidecar).
+/// A scan prepared for one spacing and the network's first look at it.
+struct Look {
+    preprocessing: Preprocessing,
+    prepared: Prepared,
+    sampled: Sampled,
+}
+
+/// A network-layout segmentation with the preprocessing that made it.
+struct Run {
+    segmentation: Segmentation,
+    prepared: Prepared,
+    /// For tasks normalised over their foreground: the foreground voxels the first look found.
+    foreground_found: Option<usize>,
+}
+
+/// How the task was chosen.
+struct Choice {
+    selection: &'static str,
+    /// The tasks the task head was asked about.
+    recognition: Option<Vec<usize>>,
+    unlike_every_task: bool,
+}
+
+impl Choice {
+    fn given() -> Choice {
+        Choice {
+            selection: "given",
+            recognition: None,
+            unlike_every_task: false,
+        }
+    }
+}
+
+/// What segmenting one scan gives, on the scan's own grid.
+pub struct Segmented {
+    /// Label values as `summary.label_values` says.
+    pub labels: LabelMap,
+    /// The winning class's probability per voxel, when asked for.
+    pub probabilities: Option<Image>,
+    pub summary: Summary,
+}
+
+/// What a segmentation is (the sidecar's content besides the files).
 #[derive(Clone, Debug, Serialize)]
-pub struct SegmentReport {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub model: PathBuf,
+pub struct Summary {
     /// The task whose classes the labels belong to, when a single one is clear.
     pub task: Option<String>,
     /// `"dataset"`: values are the task's own dataset.json ids; `"joint"`: values are the
@@ -93,15 +481,31 @@ pub struct SegmentReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrored_left_right: Vec<String>,
     pub recognition: Option<RecognitionReport>,
-    /// Voxels given a class of each task (joint decisions), by task name.
+    /// Per class name: its volume on the scan's grid (ml), after post-processing.
+    pub volumes_ml: BTreeMap<String, f64>,
+    /// Voxels given a class of each task (joint decisions, on the model's grid), by task name.
     pub voxels_per_task: BTreeMap<String, usize>,
     /// What was done to the network's labels before they were written, per task (`None`:
     /// nothing).
     pub postprocessing: Option<Vec<String>>,
     /// Voxels (on the model's grid) that post-processing set to background.
     pub voxels_removed_by_postprocessing: usize,
-    /// Mean probability of the winning class, before post-processing.
+    /// Mean probability of the winning class over all voxels, before post-processing.
     pub mean_probability: f32,
+    /// The same over the labelled voxels.
+    pub mean_foreground_probability: f32,
+    /// Whether the segmentation is likely right, and what speaks against it.
+    pub quality: Quality,
+}
+
+/// What `segment` did with one file (also written as the JSON sidecar).
+#[derive(Clone, Debug, Serialize)]
+pub struct SegmentReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub model: PathBuf,
+    #[serde(flatten)]
+    pub summary: Summary,
     pub seconds: f64,
     pub written_by: String,
 }
@@ -109,7 +513,9 @@ pub struct SegmentReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct RecognitionReport {
     pub task: String,
+    /// The task head's mean probability of the chosen task, at its spacing.
     pub confidence: f32,
+    /// The same for every task it was asked about.
     pub probabilities: BTreeMap<String, f32>,
 }
 
@@ -131,46 +537,6 @@ fn looks_like_ct(image: &Image) -> bool {
     percentiles(&image.data, &[1.0])[0] < -500.0
 }
 
-/// A network-layout segmentation with the preprocessing that made it.
-struct Run {
-    segmentation: Segmentation,
-    prepared: preprocess::Prepared,
-    preprocessing: Preprocessing,
-}
-
-fn run(
-    segmenter: &Segmenter,
-    image: &Image,
-    preprocessing: &Preprocessing,
-    choice: TaskChoice,
-) -> Run {
-    let prepared = preprocess::prepare_image(image, preprocessing);
-    let pad = prepared
-        .image
-        .data
-        .iter()
-        .cloned()
-        .fold(f32::INFINITY, f32::min);
-    let input = NetworkInput {
-        image: &prepared.image.data,
-        shape: prepared.image.grid.shape,
-        pad,
-    };
-    let segmentation = segment(
-        segmenter.engine.as_ref(),
-        &segmenter.meta.layout,
-        &input,
-        choice,
-        &segmenter.settings,
-        &segmenter.mirrored_tasks,
-    );
-    Run {
-        segmentation,
-        prepared,
-        preprocessing: preprocessing.clone(),
-    }
-}
-
 fn mean_foreground_probability(s: &Segmentation) -> f32 {
     let (sum, n) = s
         .labels
@@ -179,6 +545,21 @@ fn mean_foreground_probability(s: &Segmentation) -> f32 {
         .filter(|(l, _)| **l > 0)
         .fold((0f64, 0usize), |(a, n), (_, p)| (a + *p as f64, n + 1));
     if n == 0 { 0.0 } else { (sum / n as f64) as f32 }
+}
+
+/// The task head's probabilities averaged over the voxels looked at.
+fn mean_task_probabilities(sampled: &Sampled, tasks: usize) -> Vec<f32> {
+    let mut sums = vec![0f64; tasks];
+    let n = sampled.voxels.len().max(1);
+    if sampled.task_logits.is_empty() {
+        return vec![0.0; tasks];
+    }
+    for voxel in sampled.task_logits.chunks_exact(tasks) {
+        for (sum, p) in sums.iter_mut().zip(task_probabilities(voxel)) {
+            *sum += p as f64;
+        }
+    }
+    sums.iter().map(|s| (s / n as f64) as f32).collect()
 }
 
 /// Segments one image file into `output`, writes the sidecar (and the probability map when
@@ -192,171 +573,21 @@ pub fn segment_file(
 ) -> Result<SegmentReport> {
     let started = Instant::now();
     let image = io::read_image(input)?;
-    let meta = &segmenter.meta;
-    let (result, selection) = match task {
-        Some(t) => (
-            run(
-                segmenter,
-                &image,
-                &meta.tasks[t].preprocessing,
-                TaskChoice::Task(t),
-            ),
-            "given",
-        ),
-        None => (
-            recognise(segmenter, &image),
-            match meta.layout.mode {
-                OutputMode::Union => "network",
-                OutputMode::PerTask => "task head",
-            },
-        ),
-    };
-    let Run {
-        mut segmentation,
-        prepared,
-        ..
-    } = result;
-    let space = &meta.label_space;
-    let postprocessed = if segmenter.largest_component {
-        meta.largest_component_tasks()
-    } else {
-        Vec::new()
-    };
-    let removed = keep_largest_component(
-        &mut segmentation.labels,
-        prepared.image.grid.shape,
-        space,
-        &postprocessed,
-    );
-    let mut voxels_per_task = BTreeMap::new();
-    for t in &space.tasks {
-        voxels_per_task.insert(t.name.clone(), 0usize);
+    let segmented = segmenter
+        .segment(&image, task, probabilities.is_some())
+        .map_err(|e| Error::invalid(input, e.to_string()))?;
+    io::write_labels(output, &segmented.labels)?;
+    if let (Some(path), Some(map)) = (probabilities, &segmented.probabilities) {
+        io::write_image(path, map)?;
     }
-    for &l in segmentation.labels.iter().filter(|&&l| l > 0) {
-        if let Some(t) = space.task_of(l) {
-            *voxels_per_task
-                .get_mut(&space.tasks[t].name)
-                .expect("every task listed") += 1;
-        }
-    }
-    let mean_probability =
-        segmentation.probability.iter().sum::<f32>() / segmentation.probability.len().max(1) as f32;
-    let joint = preprocess::restore_labels(segmentation.labels, &prepared);
-    // Dataset ids when one task is clear, joint ids otherwise.
-    let (values, label_values, labels): (Vec<u16>, _, BTreeMap<u16, String>) =
-        match segmentation.task {
-            Some(t) => (
-                joint.iter().map(|&j| space.dataset_id(j)).collect(),
-                "dataset",
-                std::iter::once((0, "background".to_string()))
-                    .chain(
-                        meta.tasks[t]
-                            .classes
-                            .iter()
-                            .map(|(name, id)| (*id, name.clone())),
-                    )
-                    .collect(),
-            ),
-            None => (
-                joint,
-                "joint",
-                (0..space.num_classes() as u16)
-                    .map(|j| (j, space.joint_name(j)))
-                    .collect(),
-            ),
-        };
-    io::write_labels(output, &image.with_data(values))?;
-    if let Some(path) = probabilities {
-        let restored = preprocess::restore_values(segmentation.probability, &prepared);
-        io::write_image(path, &image.with_data(restored))?;
-    }
-    let recognition = segmentation
-        .recognition
-        .as_ref()
-        .map(|r: &Recognition| RecognitionReport {
-            task: meta.tasks[r.task].name.clone(),
-            confidence: r.mean_probabilities[r.task],
-            probabilities: meta
-                .tasks
-                .iter()
-                .zip(&r.mean_probabilities)
-                .map(|(t, p)| (t.name.clone(), *p))
-                .collect(),
-        });
     let report = SegmentReport {
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         model: segmenter.source.clone(),
-        task: segmentation.task.map(|t| meta.tasks[t].name.clone()),
-        label_values,
-        labels,
-        task_selection: selection,
-        mirrored_left_right: segmenter
-            .mirrored_tasks
-            .iter()
-            .map(|&t| meta.tasks[t].name.clone())
-            .collect(),
-        recognition,
-        voxels_per_task,
-        postprocessing: (!postprocessed.is_empty()).then(|| {
-            postprocessed
-                .iter()
-                .map(|&t| format!("{}: largest connected object", meta.tasks[t].name))
-                .collect()
-        }),
-        voxels_removed_by_postprocessing: removed,
-        mean_probability,
+        summary: segmented.summary,
         seconds: started.elapsed().as_secs_f64(),
         written_by: format!("mtseg {}", env!("CARGO_PKG_VERSION")),
     };
     io::atomic::write_json(&sidecar_path(output), &report)?;
     Ok(report)
-}
-
-/// Without `--task`: the candidate tasks are those of the image's modality (CT is told by
-/// its Hounsfield units). Each distinct preprocessing among them is tried, and the run whose
-/// foreground the network is most sure of wins. In per-task mode the task head then names
-/// the task, and the image is segmented again with that task's preprocessing if it differs.
-fn recognise(segmenter: &Segmenter, image: &Image) -> Run {
-    let meta = &segmenter.meta;
-    let modality = if looks_like_ct(image) {
-        Modality::CT
-    } else {
-        Modality::MR
-    };
-    let mut candidates: Vec<usize> = (0..meta.tasks.len())
-        .filter(|&t| meta.tasks[t].modality == modality)
-        .collect();
-    if candidates.is_empty() {
-        candidates = (0..meta.tasks.len()).collect();
-    }
-    let mut preprocessings: Vec<&Preprocessing> = Vec::new();
-    for &t in &candidates {
-        let p = &meta.tasks[t].preprocessing;
-        if !preprocessings.contains(&p) {
-            preprocessings.push(p);
-        }
-    }
-    let best = preprocessings
-        .into_iter()
-        .map(|p| run(segmenter, image, p, TaskChoice::Automatic))
-        .max_by(|a, b| {
-            mean_foreground_probability(&a.segmentation)
-                .total_cmp(&mean_foreground_probability(&b.segmentation))
-        })
-        .expect("a model has at least one task");
-    match (meta.layout.mode, best.segmentation.task) {
-        (OutputMode::PerTask, Some(t)) if meta.tasks[t].preprocessing != best.preprocessing => {
-            let recognition = best.segmentation.recognition.clone();
-            let mut again = run(
-                segmenter,
-                image,
-                &meta.tasks[t].preprocessing,
-                TaskChoice::Task(t),
-            );
-            again.segmentation.recognition = recognition;
-            again
-        }
-        _ => best,
-    }
 }

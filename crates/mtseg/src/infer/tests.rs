@@ -81,8 +81,8 @@ fn every_orientation_keeps_its_grid_and_gets_the_same_labels() {
         reference.label_values().len() > 1,
         "a test that sees one label proves nothing"
     );
-    assert_eq!(report.task.as_deref(), Some("A"));
-    assert_eq!(report.label_values, "dataset");
+    assert_eq!(report.summary.task.as_deref(), Some("A"));
+    assert_eq!(report.summary.label_values, "dataset");
     assert!(reference.data.iter().all(|&l| l <= 2));
 
     for (axes, flips) in [

@@ -7,7 +7,7 @@
 use burn::prelude::*;
 
 use super::burn_engine::values;
-use super::dense::{Dense, DenseSettings, NetworkInput, OnSlab};
+use super::dense::{Dense, DenseSettings, NetworkInput, OnSlab, Sampled};
 use crate::data::slices;
 use crate::engine::FoldedUNet;
 use crate::model::unet::INPUT_CHANNELS;
@@ -68,6 +68,16 @@ impl UNetEngine {
         }
     }
 
+    /// The padded plane of `o`'s slices of `input`: its sides, multiples of the network's.
+    fn plane(&self, input: &NetworkInput, o: Orientation) -> [usize; 2] {
+        let (row_axis, col_axis) = o.plane_axes();
+        let m = self.multiple;
+        [
+            input.shape[row_axis].div_ceil(m) * m,
+            input.shape[col_axis].div_ceil(m) * m,
+        ]
+    }
+
     /// Adds a third of the logits of every slice of `o` to `classes` and `tasks`.
     fn add_orientation(
         &self,
@@ -77,12 +87,7 @@ impl UNetEngine {
         classes: &mut [f32],
         tasks: &mut [f32],
     ) {
-        let (row_axis, col_axis) = o.plane_axes();
-        let m = self.multiple;
-        let size = [
-            input.shape[row_axis].div_ceil(m) * m,
-            input.shape[col_axis].div_ceil(m) * m,
-        ];
+        let size = self.plane(input, o);
         let plane = size[0] * size[1];
         let count = input.shape[o.normal_axis()];
         let (c, tc) = (self.channels, self.task_channels);
@@ -131,5 +136,48 @@ impl Dense for UNetEngine {
             self.add_orientation(input, o, settings.slice_batch, &mut classes, &mut tasks);
         }
         on_slab(0, input.shape[2], &classes, &tasks);
+    }
+
+    /// Each orientation's slices at `slices` evenly spaced positions (each slice's own
+    /// logits, not averaged over orientations).
+    fn sampled_logits(
+        &self,
+        input: &NetworkInput,
+        settings: &DenseSettings,
+        slices: usize,
+    ) -> Sampled {
+        let (c, tc) = (self.channels, self.task_channels);
+        let mut sampled = Sampled::default();
+        for o in Orientation::ALL {
+            let size = self.plane(input, o);
+            let plane = size[0] * size[1];
+            let count = input.shape[o.normal_axis()];
+            let k = slices.clamp(1, count);
+            // The middle of k equal parts of the volume.
+            let positions: Vec<usize> = (0..k).map(|i| (2 * i + 1) * count / (2 * k)).collect();
+            for batch in positions.chunks(settings.slice_batch.max(1)) {
+                let mut stacks = Vec::with_capacity(batch.len() * INPUT_CHANNELS * plane);
+                for &s in batch {
+                    slices::stack(*input, o, s as isize, [0, 0], size, &mut stacks);
+                }
+                let (logits, task_logits) = self.forward(stacks, batch.len(), size[0], size[1]);
+                for (i, &s) in batch.iter().enumerate() {
+                    let mut p = 0;
+                    slices::window_of(input.shape, o, s as isize, [0, 0], size, |voxel| {
+                        if let Some(v) = voxel {
+                            sampled.voxels.push(v);
+                            sampled
+                                .logits
+                                .extend((0..c).map(|k| logits[(i * c + k) * plane + p]));
+                            sampled
+                                .task_logits
+                                .extend((0..tc).map(|k| task_logits[(i * tc + k) * plane + p]));
+                        }
+                        p += 1;
+                    });
+                }
+            }
+        }
+        sampled
     }
 }

@@ -72,6 +72,14 @@ impl Grid {
         [p[0], p[1], p[2]]
     }
 
+    /// The largest extent of the grid along any voxel axis (mm).
+    pub fn largest_extent_mm(&self) -> f64 {
+        let spacing = self.spacing();
+        (0..3)
+            .map(|a| self.shape[a] as f64 * spacing[a])
+            .fold(0.0, f64::max)
+    }
+
     /// Volume of one voxel in millilitres (the affine is in millimetres).
     pub fn voxel_ml(&self) -> f64 {
         self.affine.fixed_view::<3, 3>(0, 0).determinant().abs() / 1000.0
@@ -249,6 +257,18 @@ impl<T: Copy> Volume<T> {
 }
 
 impl LabelMap {
+    /// The volume (ml) labelled with each of `ids`: voxels times the voxel's volume.
+    pub fn volumes_ml(&self, ids: &[u16]) -> Vec<f64> {
+        let mut counts = vec![0usize; u16::MAX as usize + 1];
+        for &v in &self.data {
+            counts[v as usize] += 1;
+        }
+        let voxel = self.grid.voxel_ml();
+        ids.iter()
+            .map(|&id| counts[id as usize] as f64 * voxel)
+            .collect()
+    }
+
     /// The distinct label values present, sorted.
     pub fn label_values(&self) -> Vec<u16> {
         let mut seen = vec![false; u16::MAX as usize + 1];

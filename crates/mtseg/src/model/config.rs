@@ -187,6 +187,15 @@ pub struct TrainConfig {
     /// Augmentation (U-Net crops): the blur's sigma is drawn in [0, this] voxels.
     #[config(default = 1.0)]
     pub blur_sigma: f64,
+    /// U-Net: the tasks whose crops are domain randomised (`data::augment`: deformed,
+    /// acquired again at a random resolution with a bias field, noise and gamma, sometimes
+    /// skull-stripped, normalised over the foreground), each with the share of its crops
+    /// synthesised from its label maps instead of cut from its scans (`BrainTissueIXI = 0.5`).
+    /// MR tasks only; their images are then normalised over their foreground
+    /// (`MrForegroundZ`). The crops' rotation and scaling are `rotation_degrees` and
+    /// `scaling`.
+    #[config(default = "BTreeMap::new()")]
+    pub domain_randomisation: BTreeMap<String, f64>,
     /// U-Net: side of the square crops it trains on (a multiple of `unet_multiple`); a
     /// sample is one crop through the drawn voxel, and `tile` is not used.
     #[config(default = 96)]
@@ -339,6 +348,15 @@ impl Preset {
             return Err(
                 "blur_probability must be in [0, 1] and blur_sigma in [0, 4] voxels".into(),
             );
+        }
+        if t.domain_randomisation
+            .values()
+            .any(|share| !(0.0..=1.0).contains(share))
+        {
+            return Err("domain_randomisation's synthetic shares must be in [0, 1]".into());
+        }
+        if !t.domain_randomisation.is_empty() && n.architecture != Architecture::UNet {
+            return Err("domain_randomisation is for the U-Net's crops".into());
         }
         if n.architecture == Architecture::UNet {
             if n.unet_levels == 0 || n.unet_levels > 6 || n.unet_width == 0 {

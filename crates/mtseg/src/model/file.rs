@@ -11,6 +11,7 @@
 //! ```
 //! Written atomically; a torn or corrupted file fails its checksum and is reported.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,56 @@ pub struct TaskMeta {
     /// Class names and their ids in the task's own dataset.json.
     pub classes: Vec<(String, u16)>,
     pub preprocessing: Preprocessing,
+    /// What the task's training scans were like, with margins: what a segmentation's quality
+    /// verdict compares with (absent in models written before it).
+    #[serde(default)]
+    pub expected: Option<Expected>,
+}
+
+/// The ranges a task's scans and segmentations are expected in: those of its training cases
+/// (train and validation), widened by [`Expected::VOLUME_MARGIN`] and
+/// [`Expected::EXTENT_MARGIN`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Expected {
+    /// A scan's largest extent along any axis (mm), smallest to largest.
+    pub extent_mm: [f64; 2],
+    /// Per class name, its volume (ml).
+    pub class_ml: BTreeMap<String, [f64; 2]>,
+    /// The task's classes together (ml).
+    pub total_ml: [f64; 2],
+}
+
+impl Expected {
+    /// Volumes from this share of the smallest training volume to this multiple of the
+    /// largest: room for other people and ages, not for a segmentation several times off.
+    pub const VOLUME_MARGIN: [f64; 2] = [0.5, 2.0];
+    /// Extents from this share of the smallest to this multiple of the largest.
+    pub const EXTENT_MARGIN: [f64; 2] = [0.5, 2.0];
+
+    /// From the training cases' extents (mm), and their class volumes (ml, per case in the
+    /// order of `classes`).
+    pub fn from_cases(extents: &[f64], volumes: &[Vec<f64>], classes: &[(String, u16)]) -> Self {
+        let range = |values: &mut dyn Iterator<Item = f64>, margin: [f64; 2]| {
+            let (low, high) = values.fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(v), b.max(v)));
+            [low * margin[0], high * margin[1]]
+        };
+        let class_ml = classes
+            .iter()
+            .enumerate()
+            .map(|(c, (name, _))| {
+                let r = range(&mut volumes.iter().map(|v| v[c]), Self::VOLUME_MARGIN);
+                (name.clone(), r)
+            })
+            .collect();
+        Expected {
+            extent_mm: range(&mut extents.iter().copied(), Self::EXTENT_MARGIN),
+            class_ml,
+            total_ml: range(
+                &mut volumes.iter().map(|v| v.iter().sum()),
+                Self::VOLUME_MARGIN,
+            ),
+        }
+    }
 }
 
 /// What a model file says about itself.

@@ -61,6 +61,7 @@ fn own_patch_tile_and_dense_inference_agree() {
         image: image.clone(),
         labels: vec![0; n],
         pad: -1.5,
+        generation: Vec::new(),
         class_voxels: vec![vec![]],
     };
     let engine = BurnEngine::new(&net, device.clone());

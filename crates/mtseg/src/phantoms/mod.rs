@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::datasets::{DatasetJson, LabelId, Split, write_dataset_json};
 use crate::error::{Error, Result};
 use crate::io::{self, DataType, Grid, Image, LabelMap, Volume};
+use crate::preprocess::filter::gaussian_blur;
 use crate::report::overlay::{View, save_png, stacked};
 use shapes::{SmoothField, Vec3, gaussian, rician_noise, uniform};
 
@@ -131,7 +132,7 @@ pub fn generate_case(task: PhantomTask, size: usize, seed: u64, index: usize) ->
         PhantomTask::Cardiac => render(&cardiac::Cardiac::new(&mut rng, spacing), &grid),
     };
     // The scanner's point-spread function: partial volume at every edge.
-    shapes::gaussian_blur(&mut intensity, grid.shape, 0.55);
+    gaussian_blur(&mut intensity, grid.shape, 0.55);
     let datatype = DataType::I16;
     match task {
         PhantomTask::Cardiac => {

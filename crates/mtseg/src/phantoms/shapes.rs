@@ -3,7 +3,6 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 pub type Vec3 = [f64; 3];
 
@@ -218,43 +217,6 @@ impl Tube {
     }
 }
 
-/// Separable Gaussian blur of a volume with `x` fastest (sigma in voxels), the scanner's
-/// point-spread function: it gives edges partial-volume values.
-pub fn gaussian_blur(data: &mut [f32], shape: [usize; 3], sigma: f64) {
-    if sigma <= 0.0 {
-        return;
-    }
-    let radius = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-radius..=radius)
-        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
-        .collect();
-    let total: f32 = kernel.iter().sum();
-    let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
-    let [nx, ny, _] = shape;
-    let strides = [1, nx, nx * ny];
-    for axis in 0..3 {
-        let n = shape[axis];
-        let stride = strides[axis];
-        let source = data.to_vec();
-        // Every line along `axis` is independent; split the work by planes of z (or y).
-        let plane = nx * ny;
-        data.par_chunks_mut(plane).enumerate().for_each(|(z, out)| {
-            for y in 0..ny {
-                for x in 0..nx {
-                    let coord = [x, y, z][axis] as isize;
-                    let base = x + nx * y + plane * z - coord as usize * stride;
-                    let mut acc = 0.0;
-                    for (k, w) in kernel.iter().enumerate() {
-                        let c = (coord + k as isize - radius).clamp(0, n as isize - 1) as usize;
-                        acc += w * source[base + c * stride];
-                    }
-                    out[x + nx * y] = acc;
-                }
-            }
-        });
-    }
-}
-
 /// Rician noise, the magnitude of complex Gaussian noise: MR images are magnitudes.
 pub fn rician_noise(data: &mut [f32], sigma: f64, rng: &mut ChaCha8Rng) {
     for v in data.iter_mut() {
@@ -294,19 +256,6 @@ mod tests {
         assert!((t.distance([0.0, 2.0, 0.0])).abs() < 1e-9);
         assert!((t.distance([10.0, 1.0, 0.0])).abs() < 1e-9);
         assert!(t.distance([5.0, 0.0, 0.0]) < 0.0);
-    }
-
-    #[test]
-    fn blur_preserves_the_mean_and_smooths_a_step() {
-        let shape = [8, 4, 4];
-        let mut data: Vec<f32> = (0..128)
-            .map(|i| if i % 8 < 4 { 0.0 } else { 1.0 })
-            .collect();
-        let before: f32 = data.iter().sum();
-        gaussian_blur(&mut data, shape, 1.0);
-        let after: f32 = data.iter().sum();
-        assert!((before - after).abs() < 1e-3);
-        assert!(data[3] > 0.1 && data[3] < 0.5 && data[4] > 0.5 && data[4] < 0.9);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (closest RAS axis order, the task's target spacing, normalised intensities), and every
 //! result is brought back to the input's own grid.
 
+pub mod filter;
 pub mod normalize;
 pub mod resample;
 

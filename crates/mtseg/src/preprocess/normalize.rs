@@ -10,16 +10,31 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::filter::dilate;
 use crate::datasets::Modality;
 
 /// CT voxels at or below this many Hounsfield units are air outside the body.
 pub const CT_AIR_HU: f32 = -950.0;
+
+/// [`Normalization::MrForegroundZ`]'s margin around the foreground: enough to take in the
+/// partial-volume edge, too little to reach the skull.
+pub const FOREGROUND_MARGIN_MM: f64 = 4.0;
+
+/// Fewer foreground voxels than this (16 ml of 2 mm voxels) is no foreground to normalise
+/// over: the body's statistics are used instead.
+pub const MIN_FOREGROUND_VOXELS: usize = 2000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Normalization {
     /// Per-image robust z-score over the body.
     MrRobustZ,
+    /// Per-image robust z-score over the task's foreground and [`FOREGROUND_MARGIN_MM`]
+    /// around it: the same input for one brain whatever surrounds it (a whole head, or nothing
+    /// after skull stripping). [`Normalization::apply`] gives the body's z-score, the first
+    /// pass of segmentation, which finds the foreground; [`normalise_over`] then scores the
+    /// image over it (training takes the foreground from the label maps).
+    MrForegroundZ,
     /// Dataset-wide window and statistics (Hounsfield units).
     CtWindow {
         lower: f32,
@@ -43,18 +58,18 @@ pub fn percentile(values: &[f32], q: f64) -> f32 {
     percentiles(values, &[q])[0]
 }
 
-/// Several percentiles from one sort of a subsample.
+/// Several percentiles of a subsample, each by selection (linear time, no sort).
 pub fn percentiles(values: &[f32], qs: &[f64]) -> Vec<f32> {
     if values.is_empty() {
         return vec![0.0; qs.len()];
     }
     let stride = (values.len() / 2_000_000).max(1);
     let mut sample: Vec<f32> = values.iter().step_by(stride).copied().collect();
-    sample.sort_unstable_by(f32::total_cmp);
+    let last = sample.len() - 1;
     qs.iter()
         .map(|q| {
-            let rank = (q / 100.0 * (sample.len() - 1) as f64).round() as usize;
-            sample[rank.min(sample.len() - 1)]
+            let rank = ((q / 100.0 * last as f64).round() as usize).min(last);
+            *sample.select_nth_unstable_by(rank, f32::total_cmp).1
         })
         .collect()
 }
@@ -117,13 +132,68 @@ impl Normalization {
                 mean,
                 std,
             },
-            Normalization::MrRobustZ => mr_parameters(data),
+            Normalization::MrRobustZ | Normalization::MrForegroundZ => mr_parameters(data),
         };
-        let scale = 1.0 / applied.std;
-        for v in data.iter_mut() {
-            *v = (v.clamp(applied.lower, applied.upper) - applied.mean) * scale;
-        }
+        applied.apply(data);
         applied
+    }
+
+    /// Whether this normalisation is taken over the task's foreground.
+    pub fn needs_foreground(&self) -> bool {
+        matches!(self, Normalization::MrForegroundZ)
+    }
+}
+
+impl Applied {
+    /// Clips `data` to the window and z-scores it.
+    pub fn apply(&self, data: &mut [f32]) {
+        let scale = 1.0 / self.std;
+        for v in data.iter_mut() {
+            *v = (v.clamp(self.lower, self.upper) - self.mean) * scale;
+        }
+    }
+}
+
+/// Z-scores `data` over the voxels of `mask` (clipped to their 0.5-99.5 percentiles, as the
+/// body's z-score is): [`Normalization::MrForegroundZ`]. On an image already z-scored over
+/// the body this is the same as scoring the raw image over the mask, but where the body's
+/// window clipped. With fewer than [`MIN_FOREGROUND_VOXELS`] in the mask, the body's z-score.
+pub fn normalise_over(data: &mut [f32], mask: &[bool]) -> Applied {
+    assert_eq!(data.len(), mask.len(), "one mask value per voxel");
+    let inside: Vec<f32> = data
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(v, _)| *v)
+        .collect();
+    let applied = if inside.len() < MIN_FOREGROUND_VOXELS {
+        mr_parameters(data)
+    } else {
+        window_statistics(&inside)
+    };
+    applied.apply(data);
+    applied
+}
+
+/// The voxels [`normalise_over`] takes for a label map on `shape` with `spacing` (mm): the
+/// labelled ones and those within [`FOREGROUND_MARGIN_MM`] of them (a box).
+pub fn foreground_mask(labels: &[u16], shape: [usize; 3], spacing: [f64; 3]) -> Vec<bool> {
+    let labelled: Vec<bool> = labels.iter().map(|&l| l > 0).collect();
+    let radius = spacing.map(|s| (FOREGROUND_MARGIN_MM / s).round() as usize);
+    dilate(&labelled, shape, radius)
+}
+
+/// The window (0.5-99.5 percentiles) of `values` and the mean and standard deviation of them
+/// clipped to it.
+fn window_statistics(values: &[f32]) -> Applied {
+    let w = percentiles(values, &[0.5, 99.5]);
+    let (lower, upper) = (w[0], w[1].max(w[0] + 1e-3));
+    let (mean, std) = mean_std(values.iter().map(|v| v.clamp(lower, upper)));
+    Applied {
+        lower,
+        upper,
+        mean,
+        std,
     }
 }
 
@@ -134,15 +204,7 @@ fn mr_parameters(data: &[f32]) -> Applied {
     let threshold = p[0] + 0.05 * (p[1] - p[0]);
     let body: Vec<f32> = data.iter().copied().filter(|&v| v > threshold).collect();
     let body = if body.len() < 16 { data.to_vec() } else { body };
-    let w = percentiles(&body, &[0.5, 99.5]);
-    let (lower, upper) = (w[0], w[1].max(w[0] + 1e-3));
-    let (mean, std) = mean_std(body.iter().map(|v| v.clamp(lower, upper)));
-    Applied {
-        lower,
-        upper,
-        mean,
-        std,
-    }
+    window_statistics(&body)
 }
 
 #[cfg(test)]
@@ -173,6 +235,35 @@ mod tests {
         let body: Vec<f32> = data[1000..].to_vec();
         let (m, s) = mean_std(body.into_iter());
         assert!(m.abs() < 0.05 && (s - 1.0).abs() < 0.05, "{m} {s}");
+    }
+
+    #[test]
+    fn foreground_z_score_is_the_same_with_or_without_the_head_around_it() {
+        // A "brain" of 3000 voxels around 100 +- 20, inside a head of bright fat (400) and
+        // dark skull (30), in air (0); and the same brain skull-stripped.
+        let brain: Vec<f32> = (0..3000).map(|i| 80.0 + (i % 41) as f32).collect();
+        let mut head = brain.clone();
+        head.extend((0..2000).map(|i| if i % 2 == 0 { 400.0 } else { 30.0 }));
+        head.extend(std::iter::repeat_n(0.0, 5000));
+        let mut stripped = brain.clone();
+        stripped.extend(std::iter::repeat_n(0.0, 7000));
+        let mask: Vec<bool> = (0..10_000).map(|i| i < 3000).collect();
+        for image in [&mut head, &mut stripped] {
+            // The first pass's body z-score, then the foreground's.
+            Normalization::MrForegroundZ.apply(image);
+            normalise_over(image, &mask);
+        }
+        for (a, b) in head[..3000].iter().zip(&stripped[..3000]) {
+            assert!((a - b).abs() < 1e-4, "{a} against {b}");
+        }
+        let (m, s) = mean_std(head[..3000].iter().copied());
+        assert!(m.abs() < 0.01 && (s - 1.0).abs() < 0.02, "{m} {s}");
+        // Too small a foreground: the body's z-score.
+        let mut tiny = head.clone();
+        let small: Vec<bool> = (0..10_000).map(|i| i < 100).collect();
+        let applied = normalise_over(&mut tiny, &small);
+        let mut body = head.clone();
+        assert_eq!(applied, Normalization::MrRobustZ.apply(&mut body));
     }
 
     #[test]

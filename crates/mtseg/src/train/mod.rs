@@ -16,15 +16,16 @@ use burn::prelude::*;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, BalancedSampler, TaskDraw, TrainingVolume};
-use crate::datasets::{Split, Splits, TaskSet, hold_out_validation};
+use crate::data::{self, BalancedSampler, RandomisedTask, TaskDraw, TrainingVolume};
+use crate::datasets::{Modality, Split, Splits, TaskSet, hold_out_validation};
 use crate::device::Hardware;
 use crate::error::{Error, Result};
 use crate::infer::dense_engine;
 use crate::model::{
     Architecture, ModelFile, ModelMeta, Network, OutputLayout, Preset, TaskMeta,
-    file::FORMAT_VERSION,
+    file::{Expected, FORMAT_VERSION},
 };
+use crate::preprocess::Normalization;
 use log::{History, IterationRow, ValidationRow};
 #[cfg(test)]
 pub(crate) use step::burn_loss;
@@ -107,15 +108,35 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
         .map_err(|m| Error::usage(format!("invalid settings: {m}")))?;
     let set = TaskSet::open(&request.datasets)?;
     let training = &request.preset.training;
-    if let Some(unknown) = training
-        .samples_by_task
-        .keys()
-        .find(|name| !set.tasks.iter().any(|t| &t.name == *name))
+    for (setting, named) in [
+        (
+            "samples_by_task",
+            training.samples_by_task.keys().collect::<Vec<_>>(),
+        ),
+        (
+            "domain_randomisation",
+            training.domain_randomisation.keys().collect(),
+        ),
+    ] {
+        if let Some(unknown) = named
+            .into_iter()
+            .find(|name| !set.tasks.iter().any(|t| &t.name == *name))
+        {
+            let names: Vec<&str> = set.tasks.iter().map(|t| t.name.as_str()).collect();
+            return Err(Error::usage(format!(
+                "{setting} names the task '{unknown}', which is not trained here (tasks: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    if let Some(ct) = set
+        .tasks
+        .iter()
+        .find(|t| t.modality != Modality::MR && training.domain_randomisation.contains_key(&t.name))
     {
-        let names: Vec<&str> = set.tasks.iter().map(|t| t.name.as_str()).collect();
         return Err(Error::usage(format!(
-            "samples_by_task names the task '{unknown}', which is not trained here (tasks: {})",
-            names.join(", ")
+            "domain_randomisation synthesises MR images: task {} is {:?}",
+            ct.name, ct.modality
         )));
     }
     let layout = OutputLayout::new(&set.space, request.preset.network.output_mode);
@@ -150,16 +171,33 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
             split.test.len()
         ));
         let train_cases = data::read_cases(task, t, &train_ids, &set.space)?;
-        let preprocessing = data::plan_preprocessing(task.modality, &train_cases);
+        let val_cases = data::read_cases(task, t, &val_ids, &set.space)?;
+        let joint_ids = set.space.task_classes(t);
+        let (extents, class_volumes): (Vec<f64>, Vec<Vec<f64>>) = train_cases
+            .iter()
+            .chain(&val_cases)
+            .map(|(_, image, labels)| {
+                (
+                    image.grid.largest_extent_mm(),
+                    labels.volumes_ml(&joint_ids),
+                )
+            })
+            .unzip();
+        let expected = Expected::from_cases(&extents, &class_volumes, &task.classes);
+        let mut preprocessing = data::plan_preprocessing(task.modality, &train_cases);
+        let randomised = training.domain_randomisation.contains_key(&task.name);
+        if randomised {
+            preprocessing.normalization = Normalization::MrForegroundZ;
+        }
         volumes.extend(data::prepare_cases(
             t,
             train_cases,
             &preprocessing,
             &set.space,
+            randomised,
         ));
-        let val_cases = data::read_cases(task, t, &val_ids, &set.space)?;
         validation.extend(
-            data::prepare_cases(t, val_cases, &preprocessing, &set.space)
+            data::prepare_cases(t, val_cases, &preprocessing, &set.space, false)
                 .iter()
                 .map(|v| ValidationCase::from_volume(v, VALIDATION_EXTENT)),
         );
@@ -168,6 +206,7 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
             modality: task.modality,
             classes: task.classes.clone(),
             preprocessing,
+            expected: Some(expected),
         });
     }
     let draws = tasks
@@ -175,6 +214,13 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
         .map(|t| TaskDraw {
             classes: t.classes.len(),
             samples: training.samples_of(&t.name),
+            randomised: training
+                .domain_randomisation
+                .get(&t.name)
+                .map(|&synthetic_share| RandomisedTask {
+                    synthetic_share,
+                    foreground_normalised: t.preprocessing.normalization.needs_foreground(),
+                }),
         })
         .collect();
     let meta = ModelMeta {

@@ -20,6 +20,7 @@ fn setup() -> (Vec<TrainingVolume>, OutputLayout) {
             image: (0..n).map(|i| i as f32).collect(),
             labels,
             pad: -1.0,
+            generation: Vec::new(),
             class_voxels,
         }
     };
@@ -62,7 +63,11 @@ fn setup() -> (Vec<TrainingVolume>, OutputLayout) {
 fn draws(classes: &[usize], samples: usize) -> Vec<TaskDraw> {
     classes
         .iter()
-        .map(|&classes| TaskDraw { classes, samples })
+        .map(|&classes| TaskDraw {
+            classes,
+            samples,
+            randomised: None,
+        })
         .collect()
 }
 
@@ -178,10 +183,12 @@ fn crops_pair_every_pixel_with_its_own_label() {
         TaskDraw {
             classes: 2,
             samples: 4,
+            randomised: None,
         },
         TaskDraw {
             classes: 1,
             samples: 2,
+            randomised: None,
         },
     ];
     let crops = sampler.next_crops(&volumes, &draws, &config, &layout);
