@@ -31,6 +31,9 @@ struct Cli {
     /// Only errors; no progress bars.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// CPU threads for the network and the data (default: every core).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,12 +54,23 @@ enum Command {
     Overlay(commands::overlay::Args),
     Experiment(commands::experiment::Args),
     Bench(commands::bench::Args),
+    Robustness(commands::robustness::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     progress::set_quiet(cli.quiet);
+    if let Some(threads) = cli.threads {
+        // The first use of rayon's pool fixes its size: set it before any command runs.
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.into())
+            .build_global()
+        {
+            eprintln!("error: cannot start {threads} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Demo(args) => commands::demo::run(args),
         Command::Info(args) => commands::info::run(args),
@@ -69,6 +83,7 @@ fn main() -> ExitCode {
         Command::Overlay(args) => commands::overlay::run(args),
         Command::Experiment(args) => commands::experiment::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Robustness(args) => commands::robustness::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

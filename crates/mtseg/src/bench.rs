@@ -621,3 +621,240 @@ impl BenchReport {
         out
     }
 }
+
+/// `mtseg bench --network unet`: the built-in model's U-Net (models/unet.toml's network: width
+/// 20, four levels, 9 class and 3 task logits) measured as `bench/torch_unet_reference.py`
+/// measures it, with PyTorch in the same run when it is installed.
+#[derive(Clone, Debug, Serialize)]
+pub struct UNetBenchReport {
+    pub quick: bool,
+    pub device: String,
+    pub gpu: Option<String>,
+    pub cpu: String,
+    pub threads: usize,
+    /// Crops/s of training steps (forward, backward with the loss's Dice term, Adam) on
+    /// batches of 18 random 96x96 crops, six per task; `None` with `--no-training`.
+    pub train_samples_per_s: Option<f64>,
+    /// Seconds to run every slice of the three orientations of a 120x120x90 grid (a 2 mm
+    /// head), 16 slices per call, logits averaged per voxel.
+    pub volume_seconds: f64,
+    pub peak_rss_mb: f64,
+    pub torch: Option<UNetTorchFigures>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UNetTorchFigures {
+    pub train_samples_per_s: Option<f64>,
+    pub volume_seconds: Option<f64>,
+    pub version: String,
+}
+
+/// The U-Net of the benchmark over three tasks of 4, 1 and 1 classes: per-task groups of 5,
+/// 2 and 2 channels (9 class logits) and 3 task logits, as the reference.
+fn unet_bench_meta(quick: bool) -> ModelMeta {
+    let mut meta = bench_meta(true);
+    meta.network = NetworkConfig::new()
+        .with_architecture(model::Architecture::UNet)
+        .with_output_mode(OutputMode::PerTask)
+        .with_unet_levels(if quick { 2 } else { 4 })
+        .with_unet_width(if quick { 4 } else { 20 });
+    meta.label_space.classes.truncate(4);
+    for (task, id) in [(1, 1), (2, 1)] {
+        meta.label_space.classes.push(ClassInfo {
+            task,
+            name: "class".into(),
+            dataset_id: id,
+        });
+    }
+    meta.layout = OutputLayout::new(&meta.label_space, OutputMode::PerTask);
+    meta
+}
+
+/// Seconds per U-Net training step on `crops`, median of `repetitions` after one warm-up.
+fn unet_train_seconds(
+    meta: &ModelMeta,
+    crops: &crate::data::Crops,
+    repetitions: usize,
+    hardware: Hardware,
+    device: &Device,
+) -> Result<f64> {
+    let model::Network::UNet(mut net) = model::Network::init(meta, 1, &device.clone().autodiff())
+    else {
+        unreachable!("a U-Net configuration gives a U-Net")
+    };
+    let stepper = crate::train::Stepper::new(hardware, vec![device.clone()]);
+    let mut optimizer: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut times = Vec::new();
+    for i in 0..repetitions + 1 {
+        let start = Instant::now();
+        let (next, _) = stepper.unet_step(
+            net,
+            &mut optimizer,
+            crops,
+            &meta.layout,
+            &meta.training,
+            2e-3,
+        );
+        net = next;
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(times))
+}
+
+pub fn run_unet(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<UNetBenchReport> {
+    if options.repetitions == 0 {
+        return Err(Error::usage("--repetitions must be at least 1"));
+    }
+    let meta = unet_bench_meta(options.quick);
+    let reps = if options.quick {
+        1
+    } else {
+        options.repetitions
+    };
+    let device = options.hardware.burn_device()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+
+    progress("U-Net training, 18 crops of 96x96");
+    let side = if options.quick { 16 } else { 96 };
+    let tasks: Vec<usize> = (0..18).map(|c| c / 6).collect();
+    let crops = crate::data::Crops {
+        count: tasks.len(),
+        side,
+        images: (0..tasks.len() * crate::model::unet::INPUT_CHANNELS * side * side)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect(),
+        targets: tasks
+            .iter()
+            .flat_map(|&t| {
+                let group = meta.layout.groups[t].len();
+                (0..side * side)
+                    .map(|_| rng.random_range(0..group) as i64)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        tasks,
+    };
+    let step = options
+        .training
+        .then(|| unet_train_seconds(&meta, &crops, reps, options.hardware, &device))
+        .transpose()?;
+
+    progress("U-Net over every slice of a 120x120x90 grid");
+    let shape = if options.quick {
+        [16, 16, 12]
+    } else {
+        [120, 120, 90]
+    };
+    let net = model::Network::init(&meta, 3, &device).valid();
+    let (engine, mut settings) = crate::infer::dense_engine(&net, options.hardware, &device);
+    settings.slice_batch = 16;
+    let volume: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.random::<f32>())
+        .collect();
+    let input = NetworkInput {
+        image: &volume,
+        shape,
+        pad: 0.0,
+    };
+    let volume_seconds = median(
+        (0..reps.min(3) + 1)
+            .map(|_| {
+                let start = Instant::now();
+                engine.logits_by_slab(&input, &settings, &mut |_, _, _, _| {});
+                start.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect(),
+    );
+
+    let torch = if options.quick {
+        None
+    } else {
+        progress("PyTorch reference");
+        unet_torch_figures(options)
+    };
+    Ok(UNetBenchReport {
+        quick: options.quick,
+        device: options.hardware.to_string(),
+        gpu: crate::device::gpu_name(&device),
+        cpu: cpu_name(),
+        threads: rayon::current_num_threads(),
+        train_samples_per_s: step.map(|s| crops.count as f64 / s),
+        volume_seconds,
+        peak_rss_mb: peak_rss_mb(),
+        torch,
+    })
+}
+
+fn unet_torch_figures(options: &BenchOptions) -> Option<UNetTorchFigures> {
+    let python = options.torch_python.as_ref()?;
+    let version = Command::new(python)
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let device: &[&str] = match options.hardware {
+        Hardware::Cpu => &[],
+        Hardware::Gpu => &["--device", "cuda"],
+    };
+    let steps = options.repetitions.max(3);
+    let run = |mode: &str, key: &str, steps: usize| {
+        torch_result(python, &options.torch_script, mode, key, steps, device)
+    };
+    Some(UNetTorchFigures {
+        train_samples_per_s: options
+            .training
+            .then(|| run("train", "samples_per_s", steps))
+            .flatten(),
+        volume_seconds: run("volume", "seconds", options.repetitions.clamp(1, 3)),
+        version: String::from_utf8_lossy(&version.stdout).trim().to_string(),
+    })
+}
+
+impl UNetBenchReport {
+    pub fn to_table(&self) -> String {
+        let torch = self.torch.as_ref();
+        let fmt =
+            |v: Option<f64>, d: usize| v.map_or("not run".to_string(), |x| format!("{x:.d$}"));
+        let ratio = |r: Option<f64>| r.map_or("n/a".to_string(), |r| format!("{r:.2}x"));
+        let t_train = torch.and_then(|t| t.train_samples_per_s);
+        let t_volume = torch.and_then(|t| t.volume_seconds);
+        let machine = match self.device.as_str() {
+            "gpu" => format!("GPU {}", self.gpu.as_deref().unwrap_or("unnamed")),
+            _ => format!("{} ({} threads)", self.cpu, self.threads),
+        };
+        let mut out = format!(
+            "The built-in model's U-Net on {machine}{}\n\n| figure | mtseg | PyTorch | mtseg / PyTorch |\n|---|---|---|---|\n",
+            if self.quick {
+                " -- QUICK RUN: tiny network, figures are not comparable"
+            } else {
+                ""
+            }
+        );
+        out.push_str(&format!(
+            "| training, crops/s (18 crops of 96x96) | {} | {} | {} |\n",
+            fmt(self.train_samples_per_s, 1),
+            fmt(t_train, 1),
+            ratio(self.train_samples_per_s.zip(t_train).map(|(a, b)| a / b)),
+        ));
+        out.push_str(&format!(
+            "| every slice of three orientations of 120x120x90, s | {:.2} | {} | {} |\n",
+            self.volume_seconds,
+            fmt(t_volume, 2),
+            ratio(t_volume.map(|t| t / self.volume_seconds)),
+        ));
+        out.push_str(&format!(
+            "\nPeak resident memory: {:.0} MB\n",
+            self.peak_rss_mb
+        ));
+        match torch {
+            Some(t) => out.push_str(&format!("PyTorch {} in the same run.\n", t.version)),
+            None => out.push_str(
+                "PyTorch was not run (give --torch-python with a Python that has torch).\n",
+            ),
+        }
+        out
+    }
+}

@@ -7,6 +7,7 @@ pub mod experiment;
 pub mod info;
 pub mod overlay;
 pub mod phantoms;
+pub mod robustness;
 pub mod segment;
 pub mod train;
 

@@ -4,8 +4,8 @@
 //! - a class's volume, or the task's total, is outside the range of the training scans with
 //!   margins ([`Expected`]);
 //! - many of the labelled voxels were labelled with a low probability;
-//! - the scan does not look like the task: its extent is unlike the training scans', or a
-//!   first look found no foreground to normalise over.
+//! - the scan does not look like the task: its extent is unlike the training scans', a first
+//!   look found no foreground to normalise over, or nothing was labelled.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +80,10 @@ pub fn verdict(e: &Evidence) -> Quality {
             e.task
         ));
     }
+    let total: f64 = e.volumes_ml.values().sum();
+    if total == 0.0 {
+        warnings.push(format!("nothing was labelled as {}", e.task));
+    }
     if let Some(expected) = e.expected {
         let [low, high] = expected.extent_mm;
         if e.extent_mm < low || e.extent_mm > high {
@@ -89,7 +93,6 @@ pub fn verdict(e: &Evidence) -> Quality {
                 e.extent_mm, e.task
             ));
         }
-        let total: f64 = e.volumes_ml.values().sum();
         let out_of_range = |what: &str, ml: f64, [low, high]: [f64; 2]| {
             (ml < low || ml > high).then(|| {
                 format!(
@@ -172,6 +175,10 @@ mod tests {
         let fine: BTreeMap<String, f64> = [("grey".to_string(), 650.0)].into();
         let probabilities: BTreeMap<String, f32> =
             [("Brain".to_string(), 0.6), ("Hippo".to_string(), 0.4)].into();
+        let nothing: BTreeMap<String, f64> = [("grey".to_string(), 0.0)].into();
+        let mut e = evidence(&nothing, &expected);
+        e.expected = None;
+        assert_eq!(verdict(&e).warnings, vec!["nothing was labelled as Brain"]);
         for what in [
             "recognition",
             "scans of this extent",
