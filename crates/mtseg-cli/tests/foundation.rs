@@ -166,3 +166,38 @@ fn bad_input_gets_one_clear_line() {
         "missing field `labels`",
     );
 }
+
+/// `--threads N` sizes the pool every command computes on, before or after the subcommand.
+#[test]
+fn threads_set_the_pool_size() {
+    for args in [
+        &[
+            "--threads",
+            "1",
+            "bench",
+            "--network",
+            "unet",
+            "--quick",
+            "--json",
+        ][..],
+        &[
+            "bench",
+            "--network",
+            "unet",
+            "--quick",
+            "--json",
+            "--threads",
+            "1",
+        ][..],
+    ] {
+        let o = mtseg(args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(report["threads"], 1);
+        assert!(report["train_samples_per_s"].as_f64().unwrap() > 0.0);
+        assert!(report["volume_seconds"].as_f64().unwrap() > 0.0);
+    }
+    let o = mtseg(&["--threads", "0", "info", "x.nii"]);
+    assert!(!o.status.success());
+    assert!(!stderr(&o).contains("panicked"));
+}

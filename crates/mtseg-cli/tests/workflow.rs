@@ -112,7 +112,8 @@ fn train_then_segment_then_evaluate_then_overlay() {
         ok(&args);
     };
     let pred = dir.path().join("pred");
-    segment_brains(&pred, &[]);
+    let stats = dir.path().join("stats.csv");
+    segment_brains(&pred, &["--statistics", s(&stats)]);
     // What training chose on its validation cases, as the sidecars must report it.
     let meta = mtseg::model::Model::load_cpu(&model).unwrap().meta;
     assert_eq!(
@@ -130,14 +131,38 @@ fn train_then_segment_then_evaluate_then_overlay() {
                 .collect::<Vec<_>>()
         ),
     };
+    // One statistics row per scan, its volumes the label map's voxels times their volume.
+    let mut rows = csv::Reader::from_path(&stats).unwrap();
+    let header = rows.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = rows.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 5);
     for (case, labels, side) in predictions(&brain.join("imagesTr"), &pred) {
         assert_eq!(side["task"], "PhantomBrainMRI");
         assert_eq!(side["label_values"], "dataset");
         assert_eq!(side["postprocessing"], postprocessing);
+        assert!(side["quality"]["ok"].is_boolean());
         assert!(
             labels.data.iter().all(|&l| l <= 6),
             "{case}: not a brain label"
         );
+        let row = rows
+            .iter()
+            .find(|r| r[0].contains(&format!("{case}_0000")))
+            .unwrap_or_else(|| panic!("{case}: no statistics row"));
+        for (name, id) in [("white_matter", 2u16), ("cortical_grey_matter", 1)] {
+            let column = header
+                .iter()
+                .position(|h| h == format!("{name}_ml"))
+                .unwrap();
+            let voxels = labels.data.iter().filter(|&&l| l == id).count();
+            let ml: f64 = row[column].parse().unwrap();
+            let expected = voxels as f64 * labels.grid.voxel_ml();
+            assert!(
+                (ml - expected).abs() < 1e-3,
+                "{case} {name}: {ml} against {expected}"
+            );
+            assert!((side["volumes_ml"][name].as_f64().unwrap() - expected).abs() < 1e-9);
+        }
     }
 
     // The output exists now: segment refuses to overwrite it without --overwrite.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use mtseg::device::Hardware;
-use mtseg::infer::{SegmentReport, Segmenter, segment_file};
+use mtseg::infer::{SegmentReport, Segmenter, segment_file, statistics};
 use mtseg::io;
 use mtseg::model::SHIPPED_MODEL;
 
@@ -46,6 +46,10 @@ pub struct Args {
     /// Dice it lowers; see models/README.md).
     #[arg(long, value_name = "TASK")]
     mirror: Vec<String>,
+    /// Append one row per scan to this CSV (created if absent): input, output, task, quality
+    /// verdict, and per class its volume in ml and the scan's mean intensity there.
+    #[arg(long, value_name = "FILE.csv")]
+    statistics: Option<PathBuf>,
     /// Exit with an error when a segmentation's quality verdict warns (for pipelines that
     /// must not go on with a likely wrong result); the outputs are written all the same.
     #[arg(long)]
@@ -116,6 +120,10 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--shard needs a folder as --input");
     }
     super::check_output(&args.input, &args.output, args.overwrite)?;
+    if let Some(p) = &args.statistics {
+        // Appended to, never replaced; but never the scan itself.
+        super::check_output(&args.input, p, true)?;
+    }
     if let Some(p) = &args.probabilities {
         super::check_output(&args.input, p, args.overwrite)?;
     }
@@ -128,6 +136,9 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     print_report(&report);
     warn_about(&report);
+    if let Some(path) = &args.statistics {
+        statistics::append(path, &report)?;
+    }
     if args.strict && !report.summary.quality.ok {
         bail!(
             "{}: the segmentation's quality verdict warns (--strict)",
@@ -207,13 +218,11 @@ fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result
         let output = args.output.join(&name);
         let probabilities = args.probabilities.as_ref().map(|p| p.join(&name));
         let result = super::check_output(input, &output, args.overwrite).and_then(|_| {
-            Ok(segment_file(
-                segmenter,
-                input,
-                &output,
-                task,
-                probabilities.as_deref(),
-            )?)
+            let report = segment_file(segmenter, input, &output, task, probabilities.as_deref())?;
+            if let Some(path) = &args.statistics {
+                statistics::append(path, &report)?;
+            }
+            Ok(report)
         });
         match result {
             Ok(report) => {

@@ -6,6 +6,7 @@ pub mod dense;
 pub mod pipeline;
 pub mod postprocess;
 pub mod quality;
+pub mod statistics;
 pub mod unet_engine;
 
 use serde::Serialize;

@@ -354,6 +354,7 @@ impl Segmenter {
             .zip(label_map.volumes_ml(&ids))
             .map(|(id, ml)| (labels[id].clone(), ml))
             .collect();
+        let mean_intensity = mean_intensities(image, &label_map, &labels);
         let probabilities = want_probabilities.then(|| {
             image.with_data(preprocess::restore_values(
                 segmentation.probability,
@@ -401,6 +402,7 @@ impl Segmenter {
                 .collect(),
             recognition,
             volumes_ml,
+            mean_intensity,
             voxels_per_task,
             postprocessing: (!postprocessed.is_empty()).then(|| {
                 postprocessed
@@ -483,6 +485,8 @@ pub struct Summary {
     pub recognition: Option<RecognitionReport>,
     /// Per class name: its volume on the scan's grid (ml), after post-processing.
     pub volumes_ml: BTreeMap<String, f64>,
+    /// Per class name present: the scan's mean intensity over its voxels.
+    pub mean_intensity: BTreeMap<String, f64>,
     /// Voxels given a class of each task (joint decisions, on the model's grid), by task name.
     pub voxels_per_task: BTreeMap<String, usize>,
     /// What was done to the network's labels before they were written, per task (`None`:
@@ -545,6 +549,25 @@ fn mean_foreground_probability(s: &Segmentation) -> f32 {
         .filter(|(l, _)| **l > 0)
         .fold((0f64, 0usize), |(a, n), (_, p)| (a + *p as f64, n + 1));
     if n == 0 { 0.0 } else { (sum / n as f64) as f32 }
+}
+
+/// The mean of `image` over the voxels of each class of `names` present in `labels`.
+fn mean_intensities(
+    image: &Image,
+    labels: &LabelMap,
+    names: &BTreeMap<u16, String>,
+) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<u16, (f64, usize)> = BTreeMap::new();
+    for (&l, &v) in labels.data.iter().zip(&image.data) {
+        if l > 0 {
+            let s = sums.entry(l).or_default();
+            s.0 += v as f64;
+            s.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .filter_map(|(l, (sum, n))| names.get(&l).map(|name| (name.clone(), sum / n as f64)))
+        .collect()
 }
 
 /// The task head's probabilities averaged over the voxels looked at.

@@ -154,3 +154,45 @@ fn mirroring_makes_a_task_left_right_equivariant_and_leaves_the_others() {
         }
     }
 }
+
+/// The sidecar's volumes are the label map's voxel counts times the input's voxel volume, and
+/// its mean intensities the input's means over them, on the input's own (anisotropic) grid.
+#[test]
+fn volumes_and_intensities_are_measured_on_the_input_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let ras = ras_image();
+    let mut affine = ras.grid.affine;
+    affine[(2, 2)] = 2.5;
+    let mut image = ras.clone();
+    image.grid = Grid::new(ras.grid.shape, affine);
+    let (labels, report) = segment_in(dir.path(), "thick", &image);
+    let voxel_ml = 2.5 / 1000.0;
+    let names = &report.summary.labels;
+    assert!(!report.summary.volumes_ml.is_empty());
+    for (id, name) in names.iter().filter(|(id, _)| **id > 0) {
+        let voxels: Vec<usize> = (0..labels.data.len())
+            .filter(|&i| labels.data[i] == *id)
+            .collect();
+        let ml = report.summary.volumes_ml[name];
+        assert!((ml - voxels.len() as f64 * voxel_ml).abs() < 1e-9, "{name}");
+        if !voxels.is_empty() {
+            let mean =
+                voxels.iter().map(|&i| image.data[i] as f64).sum::<f64>() / voxels.len() as f64;
+            assert!(
+                (report.summary.mean_intensity[name] - mean).abs() < 1e-6,
+                "{name}"
+            );
+        }
+    }
+    assert!(report.summary.volumes_ml.values().any(|&ml| ml > 0.0));
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sidecar_path(&dir.path().join("thick_seg.nii.gz"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        sidecar["volumes_ml"].as_object().unwrap().len(),
+        report.summary.volumes_ml.len()
+    );
+    assert!(sidecar["quality"]["ok"].is_boolean());
+    assert!(sidecar["quality"]["warnings"].is_array());
+}
