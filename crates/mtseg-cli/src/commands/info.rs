@@ -26,7 +26,8 @@ struct Info {
     format: io::Format,
     compressed: bool,
     datatype: &'static str,
-    shape: [usize; 3],
+    /// Three spatial dimensions, and the number of volumes of a 4-D file.
+    shape: Vec<usize>,
     spacing: [f64; 3],
     axcodes: [String; 3],
     qform_code: i16,
@@ -59,7 +60,12 @@ fn describe(path: PathBuf, raw: RawVolume) -> Info {
         path,
         format: raw.provenance.format,
         datatype: raw.voxels.datatype.name(),
-        shape: raw.grid.shape,
+        shape: raw
+            .grid
+            .shape
+            .into_iter()
+            .chain((raw.frames > 1).then_some(raw.frames))
+            .collect(),
         spacing: raw.grid.spacing(),
         axcodes: axcodes(&raw.grid.affine).map(String::from),
         qform_code: raw.provenance.qform_code,
@@ -90,12 +96,20 @@ fn label_values(values: &[f64]) -> Option<Vec<i64>> {
 }
 
 fn print_text(info: &Info) {
-    let [nx, ny, nz] = info.shape;
     let [sx, sy, sz] = info.spacing;
+    let shape: Vec<String> = info.shape.iter().map(|d| d.to_string()).collect();
     println!("{}", info.path.display());
     println!("  format       {:?}", info.format);
     println!("  datatype     {}", info.datatype);
-    println!("  shape        {nx} x {ny} x {nz}");
+    println!(
+        "  shape        {}{}",
+        shape.join(" x "),
+        if info.shape.len() > 3 {
+            "  (4-D: one 3-D volume per frame)"
+        } else {
+            ""
+        }
+    );
     println!("  spacing      {sx:.4} x {sy:.4} x {sz:.4} mm");
     println!(
         "  orientation  {}  (qform_code {}, sform_code {})",

@@ -144,6 +144,7 @@ pub fn read(path: &Path) -> Result<RawVolume> {
             template: None,
         },
         scaling: None,
+        frames: 1,
     })
 }
 

@@ -24,13 +24,54 @@ pub use voxels::{RawVoxels, Scaling};
 use crate::error::{Error, Result};
 use nifti::Intent;
 
-/// A volume as its file stores it: raw voxels (any type), scaling, grid and provenance.
+/// A volume as its file stores it: raw voxels (any type), scaling, grid and provenance. A
+/// 4-D file (fMRI, diffusion, several echoes) holds `frames` 3-D volumes on the grid, one
+/// after the other.
 #[derive(Clone, Debug)]
 pub struct RawVolume {
     pub voxels: RawVoxels,
     pub grid: Grid,
     pub provenance: Provenance,
     pub scaling: Option<Scaling>,
+    /// 3-D volumes in the file (the product of its dimensions past the third), at least 1.
+    pub frames: usize,
+}
+
+impl RawVolume {
+    /// The one 3-D volume a scan must be for segmentation and training; a 4-D file with
+    /// several is refused with how to pick one.
+    fn single(self, path: &Path) -> Result<RawVolume> {
+        if self.frames > 1 {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "a 4-D file of {} volumes where one 3-D volume is expected: pick one with \
+                     `mtseg convert {} OUT.nii.gz --volume K` (K from 0 to {})",
+                    self.frames,
+                    path.display(),
+                    self.frames - 1
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Volume `k` of a 4-D file as a 3-D one.
+    pub fn volume(&self, path: &Path, k: usize) -> Result<RawVolume> {
+        if k >= self.frames {
+            return Err(Error::usage(format!(
+                "{}: volume {k} asked for, the file has {} (0 to {})",
+                path.display(),
+                self.frames,
+                self.frames - 1
+            )));
+        }
+        let size = self.grid.len() * self.voxels.datatype.size();
+        let mut one = self.clone();
+        one.voxels.bytes = self.voxels.bytes[k * size..(k + 1) * size].to_vec();
+        one.frames = 1;
+        Ok(one)
+    }
 }
 
 /// The file formats mtseg reads, recognised by file name.
@@ -92,7 +133,7 @@ pub fn read_raw(path: &Path) -> Result<RawVolume> {
 /// Reads an image as f32 intensities (scaling applied). NaN and infinite voxels are set to 0
 /// with a warning that counts them.
 pub fn read_image(path: &Path) -> Result<Image> {
-    let raw = read_raw(path)?;
+    let raw = read_raw(path)?.single(path)?;
     let mut data = raw.voxels.to_f32(raw.scaling);
     let bad = voxels::replace_non_finite(&mut data);
     if bad > 0 {
@@ -110,7 +151,7 @@ pub fn read_image(path: &Path) -> Result<Image> {
 
 /// Reads a label map: every voxel must be a whole number from 0 to 65535.
 pub fn read_labels(path: &Path) -> Result<LabelMap> {
-    let raw = read_raw(path)?;
+    let raw = read_raw(path)?.single(path)?;
     let data = raw.voxels.to_labels(path, raw.scaling)?;
     Ok(Volume {
         data,
@@ -148,21 +189,21 @@ pub fn write_image_as(path: &Path, image: &Image, datatype: DataType) -> Result<
     match datatype {
         DataType::F32 => {
             let bits: Vec<u32> = data.iter().map(|v| v.to_bits()).collect();
-            nifti::write(path, grid, prov, datatype, Intent::Image, &bits)
+            nifti::write(path, grid, 1, prov, datatype, Intent::Image, &bits)
         }
         DataType::I16 => {
             let v: Vec<u16> = data
                 .iter()
                 .map(|v| v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16 as u16)
                 .collect();
-            nifti::write(path, grid, prov, datatype, Intent::Image, &v)
+            nifti::write(path, grid, 1, prov, datatype, Intent::Image, &v)
         }
         DataType::U8 => {
             let v: Vec<u8> = data
                 .iter()
                 .map(|v| v.round().clamp(0.0, 255.0) as u8)
                 .collect();
-            nifti::write(path, grid, prov, datatype, Intent::Image, &v)
+            nifti::write(path, grid, 1, prov, datatype, Intent::Image, &v)
         }
         other => Err(Error::usage(format!(
             "writing images as {} is not supported (float32, int16 or uint8)",
@@ -177,11 +218,12 @@ pub fn write_labels(path: &Path, labels: &LabelMap) -> Result<()> {
     let (grid, prov) = (&labels.grid, &labels.provenance);
     if labels.data.iter().all(|&v| v <= u8::MAX as u16) {
         let bytes: Vec<u8> = labels.data.iter().map(|&v| v as u8).collect();
-        nifti::write(path, grid, prov, DataType::U8, Intent::Labels, &bytes)
+        nifti::write(path, grid, 1, prov, DataType::U8, Intent::Labels, &bytes)
     } else {
         nifti::write(
             path,
             grid,
+            1,
             prov,
             DataType::U16,
             Intent::Labels,
@@ -190,37 +232,38 @@ pub fn write_labels(path: &Path, labels: &LabelMap) -> Result<()> {
     }
 }
 
-/// Writes a volume keeping its voxel type (scaled integer data is written as float32).
+/// Writes a volume (3-D, or 4-D with all its frames) keeping its voxel type (scaled integer
+/// data is written as float32).
 pub fn write_raw(path: &Path, volume: &RawVolume) -> Result<()> {
     check_output_name(path)?;
     let (grid, prov) = (&volume.grid, &volume.provenance);
     let voxels = &volume.voxels;
+    let frames = volume.frames;
+    let image = Intent::Image;
     if volume.scaling.is_some() {
-        return write_image(
-            path,
-            &Volume {
-                data: voxels.to_f32(volume.scaling),
-                grid: grid.clone(),
-                provenance: prov.clone(),
-            },
-        );
+        let bits: Vec<u32> = voxels
+            .to_f32(volume.scaling)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        return nifti::write(path, grid, frames, prov, DataType::F32, image, &bits);
     }
     let t = voxels.datatype;
     let big = voxels.big_endian;
     let b = &voxels.bytes;
     match t.size() {
-        1 => nifti::write(path, grid, prov, t, Intent::Image, b),
+        1 => nifti::write(path, grid, frames, prov, t, image, b),
         2 => {
             let v: Vec<u16> = native(b, big, u16::from_le_bytes, u16::from_be_bytes);
-            nifti::write(path, grid, prov, t, Intent::Image, &v)
+            nifti::write(path, grid, frames, prov, t, image, &v)
         }
         4 => {
             let v: Vec<u32> = native(b, big, u32::from_le_bytes, u32::from_be_bytes);
-            nifti::write(path, grid, prov, t, Intent::Image, &v)
+            nifti::write(path, grid, frames, prov, t, image, &v)
         }
         _ => {
             let v: Vec<u64> = native(b, big, u64::from_le_bytes, u64::from_be_bytes);
-            nifti::write(path, grid, prov, t, Intent::Image, &v)
+            nifti::write(path, grid, frames, prov, t, image, &v)
         }
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use nalgebra::{Matrix3, Matrix4};
-use ndarray::{ArrayView3, ShapeBuilder};
+use ndarray::{ArrayView3, ArrayView4, ShapeBuilder};
 use nifti::{Endianness, NiftiHeader, NiftiType, XForm, writer::WriterOptions};
 
 use super::volume::{Affine, DataType, Format, Grid, Provenance};
@@ -119,9 +119,10 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         NiftiVersion::V2 => NIFTI2_HEADER_SIZE,
     } as u64;
 
-    let shape = spatial_shape(path, &fields)?;
+    let (shape, frames) = spatial_shape(path, &fields)?;
     let datatype = data_type(path, fields.datatype)?;
-    let (_, nbytes) = checked_size(path, &shape.map(|d| d as u64), datatype)?;
+    let dims = [shape[0], shape[1], shape[2], frames].map(|d| d as u64);
+    let (_, nbytes) = checked_size(path, &dims, datatype)?;
     let grid = Grid::new(shape, affine(path, &fields, shape)?);
 
     if !fields.vox_offset.is_finite() || fields.vox_offset < header_size as f64 {
@@ -180,6 +181,7 @@ pub fn read(path: &Path) -> Result<RawVolume> {
         grid,
         provenance,
         scaling,
+        frames,
     })
 }
 
@@ -194,8 +196,9 @@ fn nifti1_error(path: &Path, e: nifti::NiftiError) -> Error {
     }
 }
 
-/// The three spatial dims; 2-D images get one slice, higher dims must be 1.
-fn spatial_shape(path: &Path, f: &HeaderFields) -> Result<[usize; 3]> {
+/// The three spatial dims (2-D images get one slice) and the number of 3-D volumes along the
+/// higher ones.
+fn spatial_shape(path: &Path, f: &HeaderFields) -> Result<([usize; 3], usize)> {
     let ndim = f.dim[0];
     if !(1..=7).contains(&ndim) {
         return Err(Error::invalid(
@@ -211,17 +214,15 @@ fn spatial_shape(path: &Path, f: &HeaderFields) -> Result<[usize; 3]> {
             format!("dim[{}] is {d}: every dimension must be at least 1", i + 1),
         ));
     }
-    let extra: i64 = dims.iter().skip(3).product();
-    if extra > 1 {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "{ndim}-D image of shape {dims:?} where a 3-D volume is expected: split it into 3-D volumes first"
-            ),
-        ));
-    }
+    // Each dimension is at least 1, so the product only overflows for absurd headers.
+    let frames = dims
+        .iter()
+        .skip(3)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&f| f <= usize::MAX as u64)
+        .ok_or_else(|| Error::invalid(path, format!("dimensions {dims:?} overflow")))?;
     let get = |i: usize| dims.get(i).copied().unwrap_or(1) as usize;
-    Ok([get(0), get(1), get(2)])
+    Ok(([get(0), get(1), get(2)], frames as usize))
 }
 
 fn data_type(path: &Path, code: i16) -> Result<DataType> {
@@ -626,13 +627,14 @@ pub enum Intent {
 fn header_for(
     path: &Path,
     grid: &Grid,
+    frames: usize,
     provenance: &Provenance,
     datatype: DataType,
     intent: Intent,
 ) -> Result<(NiftiVersion, HeaderFields)> {
     check_affine(path, &grid.affine)?;
     let kept = provenance.template.as_ref().filter(|t| {
-        spatial_shape(path, &t.fields).ok() == Some(grid.shape)
+        spatial_shape(path, &t.fields).ok().map(|(shape, _)| shape) == Some(grid.shape)
             && affine(path, &t.fields, grid.shape)
                 .map(|a| (a - grid.affine).abs().max() < 1e-6)
                 .unwrap_or(false)
@@ -649,6 +651,14 @@ fn header_for(
     fields.dim = [3, 1, 1, 1, 1, 1, 1, 1];
     for axis in 0..3 {
         fields.dim[axis + 1] = grid.shape[axis] as i64;
+    }
+    if frames > 1 {
+        fields.dim[0] = 4;
+        fields.dim[4] = frames as i64;
+        // The template's time step when it had one.
+        if fields.pixdim[4] <= 0.0 || !fields.pixdim[4].is_finite() {
+            fields.pixdim[4] = 1.0;
+        }
     }
     fields.datatype = nifti_code(datatype) as i16;
     fields.scl_slope = 1.0;
@@ -695,10 +705,11 @@ fn fresh_header(grid: &Grid, provenance: &Provenance) -> HeaderFields {
 
 /// Writes voxels given as native-endian values of one width (`u8`, `u16`, `u32` or `u64`
 /// holding the bit patterns of `datatype`) as a NIfTI file at `path` (atomically; `.gz`
-/// endings are compressed).
+/// endings are compressed): `frames` 3-D volumes on `grid`, 4-D when there are several.
 pub fn write<A>(
     path: &Path,
     grid: &Grid,
+    frames: usize,
     provenance: &Provenance,
     datatype: DataType,
     intent: Intent,
@@ -708,17 +719,25 @@ where
     A: bytemuck::Pod + ToLeBytes,
 {
     assert_eq!(std::mem::size_of::<A>(), datatype.size());
-    assert_eq!(voxels.len(), grid.len());
-    let (version, fields) = header_for(path, grid, provenance, datatype, intent)?;
+    assert_eq!(voxels.len(), grid.len() * frames);
+    let (version, fields) = header_for(path, grid, frames, provenance, datatype, intent)?;
+    let layout = |e| Error::invalid(path, format!("voxel layout: {e}"));
+    let written = |e| Error::invalid(path, format!("cannot write NIfTI-1: {e}"));
     super::atomic::write_with(path, |temp| match version {
-        NiftiVersion::V1 => {
-            let header = to_nifti1(&fields);
-            let view = ArrayView3::from_shape(grid.shape.f(), voxels)
-                .map_err(|e| Error::invalid(path, format!("voxel layout: {e}")))?;
+        NiftiVersion::V1 if frames > 1 => {
+            let [x, y, z] = grid.shape;
+            let view = ArrayView4::from_shape((x, y, z, frames).f(), voxels).map_err(layout)?;
             WriterOptions::new(temp)
-                .reference_header(&header)
+                .reference_header(&to_nifti1(&fields))
                 .write_nifti_with_type(&view, nifti_code(datatype))
-                .map_err(|e| Error::invalid(path, format!("cannot write NIfTI-1: {e}")))
+                .map_err(written)
+        }
+        NiftiVersion::V1 => {
+            let view = ArrayView3::from_shape(grid.shape.f(), voxels).map_err(layout)?;
+            WriterOptions::new(temp)
+                .reference_header(&to_nifti1(&fields))
+                .write_nifti_with_type(&view, nifti_code(datatype))
+                .map_err(written)
         }
         NiftiVersion::V2 => write_nifti2(temp, &fields, voxels),
     })
@@ -815,6 +834,54 @@ mod tests {
             let f = fields_with([0.0; 3], [1.0, bad, 1.0, 1.0]);
             let err = affine(Path::new("z.nii"), &f, [2, 2, 2]).unwrap_err();
             assert!(err.to_string().contains("pixdim"), "{err}");
+        }
+    }
+
+    /// A 4-D file is read with all its volumes and written back 4-D; one volume can be taken
+    /// out; reading it as one 3-D image is refused with how to pick one. A fourth dimension
+    /// of 1 is a 3-D image.
+    #[test]
+    fn four_d_files_keep_their_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let grid = Grid::axis_aligned([3, 2, 2], [1.0, 2.0, 3.0]);
+        let provenance = Provenance::memory(DataType::U16);
+        let values: Vec<u16> = (0..grid.len() as u16 * 3).collect();
+        for (name, frames) in [("a.nii", 3), ("b.nii.gz", 3), ("c.nii", 1)] {
+            let path = dir.path().join(name);
+            let voxels = &values[..grid.len() * frames];
+            write(
+                &path,
+                &grid,
+                frames,
+                &provenance,
+                DataType::U16,
+                Intent::Image,
+                voxels,
+            )
+            .unwrap();
+            let raw = read(&path).unwrap();
+            assert_eq!((raw.frames, raw.grid.shape), (frames, grid.shape), "{name}");
+            let copy = dir.path().join(format!("copy_{name}"));
+            crate::io::write_raw(&copy, &raw).unwrap();
+            let again = read(&copy).unwrap();
+            assert_eq!(again.voxels.bytes, raw.voxels.bytes, "{name}");
+            assert_eq!(again.frames, frames);
+            let last = raw.volume(&path, frames - 1).unwrap();
+            assert_eq!(last.frames, 1);
+            let expected: Vec<f32> = values[(frames - 1) * grid.len()..frames * grid.len()]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            assert_eq!(last.voxels.to_f32(None), expected);
+            assert!(raw.volume(&path, frames).is_err());
+            match crate::io::read_image(&path) {
+                Ok(image) => assert_eq!(frames, 1, "{name}: {:?}", image.grid.shape),
+                Err(e) => {
+                    assert!(frames > 1);
+                    let text = e.to_string();
+                    assert!(text.contains(name) && text.contains("--volume"), "{text}");
+                }
+            }
         }
     }
 

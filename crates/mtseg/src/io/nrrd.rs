@@ -141,6 +141,7 @@ pub fn read(path: &Path) -> Result<RawVolume> {
             template: None,
         },
         scaling: None,
+        frames: 1,
     })
 }
 
