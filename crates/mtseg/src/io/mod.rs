@@ -5,6 +5,7 @@
 //! write is atomic (see [`atomic`]).
 
 pub mod atomic;
+pub mod dicom;
 pub mod metaimage;
 pub mod nifti;
 pub mod nrrd;
@@ -117,15 +118,19 @@ pub(crate) fn open_input(path: &Path) -> Result<Box<dyn Read>> {
     })
 }
 
-/// Reads any supported file as stored.
+/// Reads any supported file as stored; a DICOM file or folder holding one series (see
+/// [`dicom::read`] to pick one of several).
 pub fn read_raw(path: &Path) -> Result<RawVolume> {
+    if path.is_dir() || (format_of(path).is_none() && dicom::is_dicom_file(path)) {
+        return dicom::read(path, None).map(|(volume, _)| volume);
+    }
     match format_of(path) {
         Some(Format::Nrrd) => nrrd::read(path),
         Some(Format::MetaImage) => metaimage::read(path),
         Some(_) => nifti::read(path),
         None => Err(Error::invalid(
             path,
-            "unknown file type: mtseg reads .nii, .nii.gz, .nrrd, .nhdr, .mha and .mhd",
+            "unknown file type: mtseg reads .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd and DICOM",
         )),
     }
 }

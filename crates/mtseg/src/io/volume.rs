@@ -177,6 +177,8 @@ pub enum Format {
     Nrrd,
     #[serde(rename = "MetaImage")]
     MetaImage,
+    #[serde(rename = "DICOM")]
+    Dicom,
     /// Made in memory (phantoms, resampling): no file behind it.
     #[serde(rename = "memory")]
     Memory,
