@@ -208,3 +208,122 @@ fn unsupported_and_ambiguous_inputs_are_refused_by_name() {
     let err = io::read_image(&q.join("enhanced_multiframe/In/Siemens/XA10")).unwrap_err();
     assert!(err.to_string().contains("4-D"), "{err}");
 }
+
+/// A DICOM SEG of a label map on a real classic series: one segment per label present, one
+/// frame per segment and slice holding exactly that label's pixels, each frame placed at its
+/// source slice and referencing it, in the source's frame of reference and study.
+#[test]
+fn dicom_seg_frames_hold_the_labels_and_reference_their_slices() {
+    use dicom_dictionary_std::tags;
+    let Some(q) = dcm_qa() else { return };
+    let folder = q.join("oblique_canon/In/5000");
+    let series = io::dicom::list(&folder).unwrap().remove(0);
+    let image = series.read(&folder).unwrap().into_image(&folder).unwrap();
+    // Labels 1 and 3 in two boxes; label 2 is absent.
+    let [nx, ny, nz] = image.grid.shape;
+    let labels: Vec<u16> = (0..image.grid.len())
+        .map(|i| {
+            let [x, y, z] = image.grid.coords(i);
+            match (x, y, z) {
+                (10..30, 20..40, 5..9) => 1,
+                (50..60, 5..15, 30..40) => 3,
+                _ => 0,
+            }
+        })
+        .collect();
+    let label_map = image.with_data(labels.clone());
+    let segments: Vec<io::dicom::seg::Segment> = [(1, "one"), (2, "two"), (3, "three")]
+        .map(|(label, name)| io::dicom::seg::Segment {
+            label,
+            name: name.into(),
+            description: format!("test: {name}"),
+        })
+        .to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seg.dcm");
+    let written =
+        io::dicom::seg::write(&path, &label_map, &series.info, &segments, "test").unwrap();
+    assert_eq!(
+        written.iter().map(|s| s.label).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+
+    let seg = dicom_object::open_file(&path).unwrap();
+    let text = |tag| seg.element(tag).unwrap().to_str().unwrap().to_string();
+    assert_eq!(text(tags::SOP_CLASS_UID), "1.2.840.10008.5.1.4.1.1.66.4");
+    assert_eq!(text(tags::MODALITY), "SEG");
+    assert_eq!(
+        text(tags::FRAME_OF_REFERENCE_UID),
+        series.info.frame_of_reference_uid
+    );
+    assert_eq!(text(tags::STUDY_INSTANCE_UID), series.info.study_uid);
+    assert_ne!(text(tags::SERIES_INSTANCE_UID), series.info.uid);
+    let source = dicom_object::open_file(folder.join("5000_001.dcm")).unwrap();
+    assert_eq!(
+        text(tags::PATIENT_ID),
+        source.element(tags::PATIENT_ID).unwrap().to_str().unwrap()
+    );
+    let frames = seg
+        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(frames.len(), 2 * nz);
+    let bits = seg.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    let plane = nx * ny;
+    // Where each source instance lies.
+    let positions: std::collections::BTreeMap<String, Vec<f64>> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| {
+            let obj = dicom_object::open_file(e.unwrap().path()).unwrap();
+            let uid = obj
+                .element(tags::SOP_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            let ipp = obj
+                .element(tags::IMAGE_POSITION_PATIENT)
+                .unwrap()
+                .to_multi_float64()
+                .unwrap();
+            (uid, ipp)
+        })
+        .collect();
+    for (f, frame) in frames.iter().enumerate() {
+        let (segment, z) = (f / nz, f % nz);
+        let label = [1u16, 3][segment];
+        let item = |seq| &frame.element(seq).unwrap().items().unwrap()[0];
+        let number = item(tags::SEGMENT_IDENTIFICATION_SEQUENCE)
+            .element(tags::REFERENCED_SEGMENT_NUMBER)
+            .unwrap()
+            .to_int::<u16>()
+            .unwrap();
+        assert_eq!(number as usize, segment + 1);
+        let position = item(tags::PLANE_POSITION_SEQUENCE)
+            .element(tags::IMAGE_POSITION_PATIENT)
+            .unwrap()
+            .to_multi_float64()
+            .unwrap();
+        let derivation = item(tags::DERIVATION_IMAGE_SEQUENCE);
+        let referenced = &derivation
+            .element(tags::SOURCE_IMAGE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        let uid = referenced
+            .element(tags::REFERENCED_SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let source_position = &positions[uid.as_ref()];
+        for a in 0..3 {
+            assert!((position[a] - source_position[a]).abs() < 1e-3, "frame {f}");
+        }
+        for p in 0..plane {
+            let bit = f * plane + p;
+            let on = bits[bit / 8] & (1 << (bit % 8)) != 0;
+            assert_eq!(on, labels[z * plane + p] == label, "frame {f}, pixel {p}");
+        }
+    }
+}

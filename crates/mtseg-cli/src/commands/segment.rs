@@ -8,16 +8,27 @@ use mtseg::infer::{SegmentReport, Segmenter, segment_file, statistics};
 use mtseg::io;
 use mtseg::model::SHIPPED_MODEL;
 
-/// Segment a scan, or every scan in a folder. Label maps are written with the input's exact
-/// grid and header geometry, with a JSON sidecar that says which label values they use.
+/// Segment a scan, every scan in a folder, or the series of a DICOM folder. Label maps are
+/// written with the input's exact grid and header geometry, with a JSON sidecar that says
+/// which label values they use and what the segmentation's quality verdict is.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A volume file, or a folder of them.
+    /// A volume file, a folder of them, or DICOM (a file, or a folder searched recursively:
+    /// each series is segmented).
     #[arg(short, long)]
     input: PathBuf,
-    /// The label map to write (.nii or .nii.gz), or a folder when INPUT is a folder.
+    /// The label map to write (.nii or .nii.gz), or a folder when INPUT is a folder (for DICOM,
+    /// one label map per series, named by series number and description).
     #[arg(short, long)]
     output: PathBuf,
+    /// With a DICOM input holding several series: only this one (its SeriesInstanceUID, as
+    /// `mtseg info` lists them).
+    #[arg(long, value_name = "UID")]
+    series: Option<String>,
+    /// With a DICOM input of one series (or one picked by --series): also write the
+    /// segmentation as a DICOM SEG object, one segment per label, referencing the source.
+    #[arg(long, value_name = "OUT.dcm")]
+    dicom_seg: Option<PathBuf>,
     /// A model file (model.mtseg from `mtseg train`) [default: the shipped model of brain
     /// tissue, hippocampus and chest CTA, see models/README.md].
     #[arg(short, long)]
@@ -113,6 +124,15 @@ pub fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|t| segmenter.task_index(t))
         .transpose()?;
+    if io::dicom::is_dicom_input(&args.input) {
+        return run_dicom(&segmenter, &args, task);
+    }
+    if args.series.is_some() || args.dicom_seg.is_some() {
+        bail!(
+            "{}: --series and --dicom-seg need a DICOM input",
+            args.input.display()
+        );
+    }
     if args.input.is_dir() {
         return run_folder(&segmenter, &args, task);
     }
@@ -166,17 +186,152 @@ fn print_report(report: &SegmentReport) {
     };
     println!(
         "{} -> {}  [{task}{recognised}, {verdict}, {:.1} s]",
-        report.input.display(),
+        scan_name(report),
         report.output.display(),
         report.seconds
     );
 }
 
+/// The scan a report is about: its file, or a DICOM input and its series.
+fn scan_name(report: &SegmentReport) -> String {
+    match &report.series {
+        Some(uid) => format!("{} (series {uid})", report.input.display()),
+        None => report.input.display().to_string(),
+    }
+}
+
 /// Each warning of the quality verdict on stderr, naming the scan (even with --quiet).
 fn warn_about(report: &SegmentReport) {
     for warning in &report.summary.quality.warnings {
-        eprintln!("warning: {}: {warning}", report.input.display());
+        eprintln!("warning: {}: {warning}", scan_name(report));
     }
+}
+
+/// A file name from a series' number and description: `5000_DTI_PA-SAG_20d.nii.gz`.
+fn series_file_name(info: &io::dicom::SeriesInfo) -> String {
+    let clean: String = info
+        .description
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let number = info
+        .series_number
+        .map_or_else(|| info.uid.replace('#', "_"), |n| n.to_string());
+    if clean.is_empty() {
+        format!("{number}.nii.gz")
+    } else {
+        format!("{number}_{clean}.nii.gz")
+    }
+}
+
+/// A DICOM input: every series (or the one --series names), each into its own label map.
+fn run_dicom(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<()> {
+    let mut all = io::dicom::list(&args.input)?;
+    if let Some(uid) = &args.series {
+        let known: Vec<String> = all.iter().map(|s| s.info.uid.clone()).collect();
+        all.retain(|s| &s.info.uid == uid);
+        if all.is_empty() {
+            bail!(
+                "{}: no series {uid}; the series here are: {}",
+                args.input.display(),
+                known.join(", ")
+            );
+        }
+    }
+    let to_file = all.len() == 1 && io::format_of(&args.output).is_some();
+    if args.dicom_seg.is_some() && all.len() > 1 {
+        bail!(
+            "{}: {} series here; --dicom-seg writes one: pick it with --series UID (`mtseg info` lists them)",
+            args.input.display(),
+            all.len()
+        );
+    }
+    if !to_file {
+        std::fs::create_dir_all(&args.output)
+            .with_context(|| format!("{}: cannot create", args.output.display()))?;
+    }
+    for series in &all {
+        let started = std::time::Instant::now();
+        let output = if to_file {
+            args.output.clone()
+        } else {
+            args.output.join(series_file_name(&series.info))
+        };
+        super::check_output(&args.input, &output, args.overwrite)?;
+        if let Some(seg) = &args.dicom_seg {
+            super::check_output(&args.input, seg, args.overwrite)?;
+        }
+        let image = series.read(&args.input)?.into_image(&args.input)?;
+        let source = mtseg::infer::Source {
+            input: &args.input,
+            series: Some(&series.info.uid),
+            started,
+        };
+        let probabilities = args.probabilities.as_ref().map(|p| {
+            if to_file {
+                p.clone()
+            } else {
+                p.join(series_file_name(&series.info))
+            }
+        });
+        if let Some(p) = probabilities.as_ref().filter(|_| !to_file) {
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("{}: cannot create", parent.display()))?;
+            }
+        }
+        let (report, labels) = mtseg::infer::segment_and_write(
+            segmenter,
+            &image,
+            &source,
+            &output,
+            task,
+            probabilities.as_deref(),
+        )?;
+        print_report(&report);
+        warn_about(&report);
+        if let Some(path) = &args.statistics {
+            statistics::append(path, &report)?;
+        }
+        if let Some(seg) = &args.dicom_seg {
+            let task_name = report.summary.task.as_deref().unwrap_or("mtseg");
+            let segments: Vec<io::dicom::seg::Segment> = report
+                .summary
+                .labels
+                .iter()
+                .filter(|(value, _)| **value > 0)
+                .map(|(&label, name)| io::dicom::seg::Segment {
+                    label,
+                    name: name.clone(),
+                    description: format!("{task_name}: {name}"),
+                })
+                .collect();
+            let written = io::dicom::seg::write(
+                seg,
+                &labels,
+                &series.info,
+                &segments,
+                &format!("mtseg {task_name}"),
+            )?;
+            if !crate::progress::is_quiet() {
+                eprintln!("wrote {} ({} segments)", seg.display(), written.len());
+            }
+        }
+        if args.strict && !report.summary.quality.ok {
+            bail!(
+                "{} series {}: the segmentation's quality verdict warns (--strict)",
+                args.input.display(),
+                series.info.uid
+            );
+        }
+    }
+    Ok(())
 }
 
 fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<()> {

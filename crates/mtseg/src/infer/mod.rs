@@ -19,7 +19,10 @@ use crate::model::output::task_probabilities;
 use crate::model::{Network, OutputLayout, OutputMode, TriplanarNet};
 pub use burn_engine::BurnEngine;
 pub use dense::{Dense, DenseSettings, Engine, NetworkInput, Sampled};
-pub use pipeline::{SegmentReport, Segmented, Segmenter, Summary, segment_file, sidecar_path};
+pub use pipeline::{
+    SegmentReport, Segmented, Segmenter, Source, Summary, segment_and_write, segment_file,
+    sidecar_path,
+};
 pub use quality::Quality;
 pub use unet_engine::UNetEngine;
 

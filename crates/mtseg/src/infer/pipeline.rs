@@ -506,6 +506,9 @@ pub struct Summary {
 #[derive(Clone, Debug, Serialize)]
 pub struct SegmentReport {
     pub input: PathBuf,
+    /// The DICOM series segmented (SeriesInstanceUID), for a DICOM input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<String>,
     pub output: PathBuf,
     pub model: PathBuf,
     #[serde(flatten)]
@@ -596,21 +599,48 @@ pub fn segment_file(
 ) -> Result<SegmentReport> {
     let started = Instant::now();
     let image = io::read_image(input)?;
+    let source = Source {
+        input,
+        series: None,
+        started,
+    };
+    Ok(segment_and_write(segmenter, &image, &source, output, task, probabilities)?.0)
+}
+
+/// Where an image came from: its file or folder, and its series in a DICOM input.
+pub struct Source<'a> {
+    pub input: &'a Path,
+    pub series: Option<&'a str>,
+    /// When reading it began.
+    pub started: Instant,
+}
+
+/// Segments `image` into `output`, writes the sidecar (and the probability map when asked),
+/// and returns the report and the label map.
+pub fn segment_and_write(
+    segmenter: &Segmenter,
+    image: &Image,
+    source: &Source,
+    output: &Path,
+    task: Option<usize>,
+    probabilities: Option<&Path>,
+) -> Result<(SegmentReport, LabelMap)> {
     let segmented = segmenter
-        .segment(&image, task, probabilities.is_some())
-        .map_err(|e| Error::invalid(input, e.to_string()))?;
+        .segment(image, task, probabilities.is_some())
+        .map_err(|e| Error::invalid(source.input, e.to_string()))?;
     io::write_labels(output, &segmented.labels)?;
     if let (Some(path), Some(map)) = (probabilities, &segmented.probabilities) {
         io::write_image(path, map)?;
     }
     let report = SegmentReport {
-        input: input.to_path_buf(),
+        input: source.input.to_path_buf(),
+        series: source.series.map(String::from),
         output: output.to_path_buf(),
         model: segmenter.source.clone(),
         summary: segmented.summary,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: source.started.elapsed().as_secs_f64(),
         written_by: format!("mtseg {}", env!("CARGO_PKG_VERSION")),
     };
     io::atomic::write_json(&sidecar_path(output), &report)?;
-    Ok(report)
+    Ok((report, segmented.labels))
 }

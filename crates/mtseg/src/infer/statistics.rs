@@ -123,6 +123,7 @@ mod tests {
     fn report(input: &str, task: &str, volumes: &[(&str, f64)], ok: bool) -> SegmentReport {
         SegmentReport {
             input: PathBuf::from(input),
+            series: None,
             output: PathBuf::from(format!("{input}.seg.nii.gz")),
             model: PathBuf::from("m.mtseg"),
             summary: Summary {

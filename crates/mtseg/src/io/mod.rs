@@ -39,6 +39,26 @@ pub struct RawVolume {
 }
 
 impl RawVolume {
+    /// The image (f32 intensities, scaling applied) of a file holding one 3-D volume; a 4-D
+    /// file of several is refused with how to pick one. NaN and infinite voxels are set to 0
+    /// with a warning that counts them.
+    pub fn into_image(self, path: &Path) -> Result<Image> {
+        let raw = self.single(path)?;
+        let mut data = raw.voxels.to_f32(raw.scaling);
+        let bad = voxels::replace_non_finite(&mut data);
+        if bad > 0 {
+            tracing::warn!(
+                "{}: {bad} voxels are NaN or infinite; they are read as 0",
+                path.display()
+            );
+        }
+        Ok(Volume {
+            data,
+            grid: raw.grid,
+            provenance: raw.provenance,
+        })
+    }
+
     /// The one 3-D volume a scan must be for segmentation and training; a 4-D file with
     /// several is refused with how to pick one.
     fn single(self, path: &Path) -> Result<RawVolume> {
@@ -138,20 +158,7 @@ pub fn read_raw(path: &Path) -> Result<RawVolume> {
 /// Reads an image as f32 intensities (scaling applied). NaN and infinite voxels are set to 0
 /// with a warning that counts them.
 pub fn read_image(path: &Path) -> Result<Image> {
-    let raw = read_raw(path)?.single(path)?;
-    let mut data = raw.voxels.to_f32(raw.scaling);
-    let bad = voxels::replace_non_finite(&mut data);
-    if bad > 0 {
-        tracing::warn!(
-            "{}: {bad} voxels are NaN or infinite; they are read as 0",
-            path.display()
-        );
-    }
-    Ok(Volume {
-        data,
-        grid: raw.grid,
-        provenance: raw.provenance,
-    })
+    read_raw(path)?.into_image(path)
 }
 
 /// Reads a label map: every voxel must be a whole number from 0 to 65535.

@@ -13,6 +13,7 @@
 //! DICOM's LPS to mtseg's RAS.
 
 mod csa;
+pub mod seg;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,9 +87,18 @@ pub fn is_dicom_file(path: &Path) -> bool {
     (n >= 132 && &head[128..132] == b"DICM") || (n >= 4 && &head[..4] == b"DICM")
 }
 
-/// Whether `path` is a folder holding DICOM files (at any depth) and no other volume files.
-pub fn is_dicom_folder(path: &Path) -> bool {
-    path.is_dir() && !files_under(path).is_empty()
+/// Whether `path` is DICOM: a DICOM file, or a folder with DICOM files at some depth and no
+/// other volume files of its own.
+pub fn is_dicom_input(path: &Path) -> bool {
+    if !path.is_dir() {
+        return super::format_of(path).is_none() && is_dicom_file(path);
+    }
+    let own_volumes = std::fs::read_dir(path).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().is_file() && super::is_volume_file(&e.path()))
+    });
+    !own_volumes && !files_under(path).is_empty()
 }
 
 /// The DICOM files at `path`: the file itself, or every DICOM file under the folder, sorted.
@@ -144,13 +154,26 @@ struct Frame {
     order: (i64, i64, i64, u32),
     sop_class: String,
     sop_instance: String,
+    /// From an enhanced multi-frame file (its frames are referenced by number).
+    multiframe: bool,
     format: PixelFormat,
+}
+
+/// One slice of a series as a derived object references it.
+#[derive(Clone, Debug)]
+pub struct SourceSlice {
+    pub sop_class: String,
+    pub sop_instance: String,
+    /// The frame (1-based) of a multi-frame source.
+    pub frame: Option<u32>,
+    /// ImagePositionPatient (LPS, mm).
+    pub position: [f64; 3],
 }
 
 /// What a series is, besides its voxels (for `info`, and for a DICOM SEG of it).
 #[derive(Clone, Debug, Serialize)]
 pub struct SeriesInfo {
-    /// SeriesInstanceUID, with `.k` appended to the k-th (from 2) group of a series split by
+    /// SeriesInstanceUID, with `#k` appended to the k-th (from 2) group of a series split by
     /// orientation or size.
     pub uid: String,
     pub description: String,
@@ -164,10 +187,14 @@ pub struct SeriesInfo {
     /// Patient and study identification, copied into derived objects.
     #[serde(skip)]
     pub patient: BTreeMap<Tag, String>,
-    /// Per slice (in the volume's order, of the first volume): SOP class, SOP instance and
-    /// frame number (1-based, for multi-frame sources).
+    /// The slices of the (first) volume, in its order.
     #[serde(skip)]
-    pub slices: Vec<(String, String, Option<u32>)>,
+    pub slices: Vec<SourceSlice>,
+    /// ImageOrientationPatient and PixelSpacing (between rows, between columns) of the slices.
+    #[serde(skip)]
+    pub orientation: [f64; 6],
+    #[serde(skip)]
+    pub pixel_spacing: [f64; 2],
 }
 
 /// The identification copied from a source into derived objects.
@@ -334,6 +361,7 @@ fn frames_of(path: &Path) -> Result<(Vec<Frame>, InMemDicomObject)> {
         order: (0, acquisition, instance, 0),
         sop_class,
         sop_instance,
+        multiframe: false,
         format,
     };
 
@@ -374,6 +402,7 @@ fn frames_of(path: &Path) -> Result<(Vec<Frame>, InMemDicomObject)> {
                 rescale: group(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE)
                     .map_or(base.rescale, rescale),
                 order: (temporal, acquisition, instance, f as u32),
+                multiframe: true,
                 ..base.clone()
             });
         }
@@ -517,7 +546,7 @@ pub fn list(path: &Path) -> Result<Vec<Series>> {
         .map(|((uid, ..), (frames, header, files))| {
             let k = per_uid.entry(uid.clone()).or_default();
             *k += 1;
-            let uid = if *k == 1 { uid } else { format!("{uid}.{k}") };
+            let uid = if *k == 1 { uid } else { format!("{uid}#{k}") };
             let patient = PATIENT_AND_STUDY
                 .iter()
                 .filter_map(|&tag| text(&header, tag).map(|v| (tag, v)))
@@ -534,6 +563,8 @@ pub fn list(path: &Path) -> Result<Vec<Series>> {
                         .unwrap_or_default(),
                     patient,
                     slices: Vec::new(),
+                    orientation: frames[0].orientation,
+                    pixel_spacing: frames[0].spacing,
                     uid,
                 },
                 frames,
@@ -557,7 +588,7 @@ struct Layout {
     /// Frames, volume-major then slice by slice.
     frames: Vec<Frame>,
     volumes: usize,
-    slices: Vec<(String, String, Option<u32>)>,
+    slices: Vec<SourceSlice>,
 }
 
 impl Layout {
@@ -665,12 +696,12 @@ impl Series {
             .iter()
             .map(|(_, group)| {
                 let f = &group[0];
-                let multi = f.sop_class.ends_with(".4.1") || f.sop_class.ends_with(".2.1");
-                (
-                    f.sop_class.clone(),
-                    f.sop_instance.clone(),
-                    (multi || f.number > 0).then_some(f.number + 1),
-                )
+                SourceSlice {
+                    sop_class: f.sop_class.clone(),
+                    sop_instance: f.sop_instance.clone(),
+                    frame: f.multiframe.then_some(f.number + 1),
+                    position: f.position,
+                }
             })
             .collect();
         let mut ordered = Vec::with_capacity(positions.len() * volumes);
