@@ -280,11 +280,11 @@ fn run_dicom(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<
                 p.join(series_file_name(&series.info))
             }
         });
-        if let Some(p) = probabilities.as_ref().filter(|_| !to_file) {
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("{}: cannot create", parent.display()))?;
-            }
+        if let Some(parent) = probabilities.as_ref().and_then(|p| p.parent())
+            && !to_file
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("{}: cannot create", parent.display()))?;
         }
         let (report, labels) = mtseg::infer::segment_and_write(
             segmenter,
