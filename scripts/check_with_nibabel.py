@@ -37,7 +37,9 @@ def reference(path):
         data = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
         return data.shape, aff, data
     img = nib.load(str(path))
-    return img.shape[:3], img.affine, np.asanyarray(img.dataobj)
+    # Three spatial dimensions, then the volumes of a 4-D file (trailing 1s dropped).
+    shape = tuple(img.shape[:3]) + tuple(d for d in img.shape[3:] if d > 1)
+    return shape, img.affine, np.asanyarray(img.dataobj)
 
 
 def main():
@@ -53,7 +55,7 @@ def main():
             info = json.loads(subprocess.run([args.mtseg, "info", "--json", str(path)],
                                              check=True, capture_output=True, text=True).stdout)
             problems = []
-            if tuple(info["shape"]) != tuple(shape) + (1,) * (3 - len(shape)):
+            if tuple(info["shape"]) != tuple(shape) + (1,) * max(0, 3 - len(shape)):
                 problems.append(f"shape {info['shape']} != {shape}")
             if not np.allclose(np.array(info["affine"]), affine, atol=1e-5):
                 problems.append(f"affine differs:\n{np.array(info['affine'])}\n{affine}")

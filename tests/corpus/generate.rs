@@ -122,6 +122,94 @@ fn image64() -> Vec<f32> {
 }
 
 /// Every file case of the corpus.
+/// A DICOM element: group, element, VR, value.
+type Element = (u16, u16, &'static str, Vec<u8>);
+
+/// A DICOM file (explicit VR little endian after its meta group) of `elements`, which must be
+/// in tag order; `syntax` is its transfer syntax.
+fn dicom(syntax: &str, elements: &[Element]) -> Vec<u8> {
+    fn element(out: &mut Vec<u8>, (group, number, vr, value): &Element) {
+        let mut value = value.clone();
+        if value.len() % 2 == 1 {
+            value.push(if *vr == "UI" || *vr == "OB" { 0 } else { b' ' });
+        }
+        out.extend(group.to_le_bytes());
+        out.extend(number.to_le_bytes());
+        out.extend(vr.as_bytes());
+        if ["OB", "OW", "SQ", "UN", "UT"].contains(vr) {
+            out.extend([0, 0]);
+            out.extend((value.len() as u32).to_le_bytes());
+        } else {
+            out.extend((value.len() as u16).to_le_bytes());
+        }
+        out.extend(value);
+    }
+    let text = |s: &str| s.as_bytes().to_vec();
+    let mut meta = Vec::new();
+    for e in [
+        (2, 1, "OB", vec![0, 1]),
+        (2, 2, "UI", text("1.2.840.10008.5.1.4.1.1.4")),
+        (2, 3, "UI", text("1.2.3.4.5")),
+        (2, 0x10, "UI", text(syntax)),
+    ] {
+        element(&mut meta, &e);
+    }
+    let mut out = vec![0u8; 128];
+    out.extend(b"DICM");
+    element(
+        &mut out,
+        &(2, 0, "UL", (meta.len() as u32).to_le_bytes().to_vec()),
+    );
+    out.extend(meta);
+    for e in elements {
+        element(&mut out, e);
+    }
+    out
+}
+
+/// A file of a 4 x 4 MR slice (16-bit), with `change` applied to its elements.
+fn dicom_slice(change: &dyn Fn(&mut Vec<Element>)) -> Vec<u8> {
+    dicom_slice_in("1.2.840.10008.1.2.1", change)
+}
+
+/// The same slice under another transfer syntax (its pixel data left as it is).
+fn dicom_slice_in(syntax: &str, change: &dyn Fn(&mut Vec<Element>)) -> Vec<u8> {
+    let text = |s: &str| s.as_bytes().to_vec();
+    let us = |v: u16| v.to_le_bytes().to_vec();
+    let mut elements = vec![
+        (0x0008, 0x0016, "UI", text("1.2.840.10008.5.1.4.1.1.4")),
+        (0x0008, 0x0018, "UI", text("1.2.3.4.5")),
+        (0x0008, 0x0060, "CS", text("MR")),
+        (0x0020, 0x000E, "UI", text("1.2.3.4.6")),
+        (0x0020, 0x0032, "DS", text("-10\\-20\\30")),
+        (0x0020, 0x0037, "DS", text("1\\0\\0\\0\\1\\0")),
+        (0x0028, 0x0002, "US", us(1)),
+        (0x0028, 0x0004, "CS", text("MONOCHROME2")),
+        (0x0028, 0x0010, "US", us(4)),
+        (0x0028, 0x0011, "US", us(4)),
+        (0x0028, 0x0030, "DS", text("1\\1")),
+        (0x0028, 0x0100, "US", us(16)),
+        (0x0028, 0x0101, "US", us(12)),
+        (0x0028, 0x0102, "US", us(11)),
+        (0x0028, 0x0103, "US", us(0)),
+        (
+            0x7FE0,
+            0x0010,
+            "OW",
+            (0..16u16).flat_map(|v| (v * 100).to_le_bytes()).collect(),
+        ),
+    ];
+    change(&mut elements);
+    dicom(syntax, &elements)
+}
+
+/// Replaces (or inserts, in tag order) an element of a slice.
+fn set(elements: &mut Vec<Element>, tag: (u16, u16), vr: &'static str, value: Vec<u8>) {
+    elements.retain(|e| (e.0, e.1) != tag);
+    let at = elements.partition_point(|e| (e.0, e.1) < tag);
+    elements.insert(at, (tag.0, tag.1, vr, value));
+}
+
 pub fn file_cases() -> Vec<FileCase> {
     let valid = Nifti1::default();
     let data = floats(&image64());
@@ -402,6 +490,58 @@ pub fn file_cases() -> Vec<FileCase> {
             "mha_binary_garbage.mha",
             (0..5000u32).map(|i| (i * 31 % 256) as u8).collect(),
             Expect::Error(""),
+        ),
+        file("dicom_valid.dcm", dicom_slice(&|_| {}), Expect::Ok),
+        file(
+            "dicom_truncated.dcm",
+            {
+                let whole = dicom_slice(&|_| {});
+                whole[..whole.len() - 20].to_vec()
+            },
+            Expect::Error(""),
+        ),
+        file(
+            "dicom_no_pixel_data.dcm",
+            dicom_slice(&|e| e.retain(|x| x.0 != 0x7FE0)),
+            Expect::Error("pixel data"),
+        ),
+        file(
+            "dicom_frames_without_groups.dcm",
+            dicom_slice(&|e| set(e, (0x0028, 0x0008), "IS", b"3".to_vec())),
+            Expect::Error("3 frames"),
+        ),
+        file(
+            "dicom_absurd_size.dcm",
+            dicom_slice(&|e| {
+                set(e, (0x0028, 0x0010), "US", 65535u16.to_le_bytes().to_vec());
+                set(e, (0x0028, 0x0011), "US", 65535u16.to_le_bytes().to_vec());
+            }),
+            Expect::Error("not an image"),
+        ),
+        file(
+            "dicom_colour.dcm",
+            dicom_slice(&|e| set(e, (0x0028, 0x0002), "US", 3u16.to_le_bytes().to_vec())),
+            Expect::Error("colour"),
+        ),
+        file(
+            "dicom_no_position.dcm",
+            dicom_slice(&|e| e.retain(|x| (x.0, x.1) != (0x0020, 0x0032))),
+            Expect::Error("ImagePositionPatient"),
+        ),
+        file(
+            "dicom_jpeg_ls.dcm",
+            dicom_slice_in("1.2.840.10008.1.2.4.80", &|_| {}),
+            Expect::Error("JPEG-LS"),
+        ),
+        file(
+            "dicom_garbage_after_magic.dcm",
+            {
+                let mut bytes = vec![0u8; 128];
+                bytes.extend(b"DICM");
+                bytes.extend((0..3000u32).map(|i| (i * 73 % 251) as u8));
+                bytes
+            },
+            Expect::Error("not a readable DICOM file"),
         ),
         FileCase {
             name: "labels_fractional.nii.gz",

@@ -6,10 +6,12 @@ use anyhow::Result;
 use mtseg::io::{self, RawVolume, orientation::axcodes};
 use serde::Serialize;
 
-/// Print format, datatype, shape, spacing, orientation, affine and intensities of volumes.
+/// Print format, datatype, shape, spacing, orientation, affine and intensities of volumes; of
+/// a DICOM folder holding several series, list them (UID, number, modality, description,
+/// files, shape).
 #[derive(clap::Args)]
 pub struct Args {
-    /// Volume files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd).
+    /// Volume files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), DICOM files or folders.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// One JSON object per file (affine row-major, RAS world as nibabel reports it).
@@ -143,10 +145,55 @@ fn print_text(info: &Info) {
     }
 }
 
+/// A DICOM input of several series: one line (or JSON object) per series.
+fn list_series(path: &std::path::Path, series: &[io::dicom::Series], json: bool) -> Result<()> {
+    if !json {
+        println!("{}: {} DICOM series", path.display(), series.len());
+    }
+    for s in series {
+        let info = &s.info;
+        if json {
+            println!("{}", serde_json::to_string(info)?);
+            continue;
+        }
+        let shape: Vec<String> = info.shape.iter().map(|d| d.to_string()).collect();
+        println!(
+            "  {}  #{}  {}  {}  {} files  {}",
+            info.uid,
+            info.series_number.map_or("-".into(), |n| n.to_string()),
+            info.modality,
+            if info.description.is_empty() {
+                "-"
+            } else {
+                &info.description
+            },
+            info.files,
+            match (&info.unreadable, shape.is_empty()) {
+                (Some(why), _) => format!("not readable: {why}"),
+                (None, true) => "not one volume (see the error when reading it)".to_string(),
+                (None, false) => shape.join(" x "),
+            }
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     let mut failed = None;
     for path in args.files {
-        match io::read_raw(&path) {
+        let read = if io::dicom::is_dicom_input(&path) {
+            match io::dicom::list(&path) {
+                Ok(series) if series.len() > 1 => {
+                    list_series(&path, &series, args.json)?;
+                    continue;
+                }
+                Ok(_) => io::read_raw(&path),
+                Err(e) => Err(e),
+            }
+        } else {
+            io::read_raw(&path)
+        };
+        match read {
             Ok(raw) => {
                 let info = describe(path, raw);
                 if args.json {

@@ -141,8 +141,14 @@ pub(crate) fn open_input(path: &Path) -> Result<Box<dyn Read>> {
 /// Reads any supported file as stored; a DICOM file or folder holding one series (see
 /// [`dicom::read`] to pick one of several).
 pub fn read_raw(path: &Path) -> Result<RawVolume> {
-    if path.is_dir() || (format_of(path).is_none() && dicom::is_dicom_file(path)) {
+    if dicom::is_dicom_input(path) {
         return dicom::read(path, None).map(|(volume, _)| volume);
+    }
+    if path.is_dir() && format_of(path).is_none() {
+        return Err(Error::invalid(
+            path,
+            "a folder without DICOM files: give a volume file (or a DICOM folder)",
+        ));
     }
     match format_of(path) {
         Some(Format::Nrrd) => nrrd::read(path),
@@ -200,22 +206,24 @@ pub fn write_image_as(path: &Path, image: &Image, datatype: DataType) -> Result<
     let data = &image.data;
     match datatype {
         DataType::F32 => {
-            let bits: Vec<u32> = data.iter().map(|v| v.to_bits()).collect();
-            nifti::write(path, grid, 1, prov, datatype, Intent::Image, &bits)
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            nifti::write(path, grid, 1, prov, datatype, Intent::Image, None, &bytes)
         }
         DataType::I16 => {
-            let v: Vec<u16> = data
+            let v: Vec<u8> = data
                 .iter()
-                .map(|v| v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16 as u16)
+                .flat_map(|v| {
+                    (v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16).to_le_bytes()
+                })
                 .collect();
-            nifti::write(path, grid, 1, prov, datatype, Intent::Image, &v)
+            nifti::write(path, grid, 1, prov, datatype, Intent::Image, None, &v)
         }
         DataType::U8 => {
             let v: Vec<u8> = data
                 .iter()
                 .map(|v| v.round().clamp(0.0, 255.0) as u8)
                 .collect();
-            nifti::write(path, grid, 1, prov, datatype, Intent::Image, &v)
+            nifti::write(path, grid, 1, prov, datatype, Intent::Image, None, &v)
         }
         other => Err(Error::usage(format!(
             "writing images as {} is not supported (float32, int16 or uint8)",
@@ -230,7 +238,16 @@ pub fn write_labels(path: &Path, labels: &LabelMap) -> Result<()> {
     let (grid, prov) = (&labels.grid, &labels.provenance);
     if labels.data.iter().all(|&v| v <= u8::MAX as u16) {
         let bytes: Vec<u8> = labels.data.iter().map(|&v| v as u8).collect();
-        nifti::write(path, grid, 1, prov, DataType::U8, Intent::Labels, &bytes)
+        nifti::write(
+            path,
+            grid,
+            1,
+            prov,
+            DataType::U8,
+            Intent::Labels,
+            None,
+            &bytes,
+        )
     } else {
         nifti::write(
             path,
@@ -239,59 +256,41 @@ pub fn write_labels(path: &Path, labels: &LabelMap) -> Result<()> {
             prov,
             DataType::U16,
             Intent::Labels,
-            &labels.data,
+            None,
+            &labels
+                .data
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
         )
     }
 }
 
-/// Writes a volume (3-D, or 4-D with all its frames) keeping its voxel type (scaled integer
-/// data is written as float32).
+/// Writes a volume (3-D, or 4-D with all its frames) keeping its voxel type and scaling.
 pub fn write_raw(path: &Path, volume: &RawVolume) -> Result<()> {
     check_output_name(path)?;
-    let (grid, prov) = (&volume.grid, &volume.provenance);
     let voxels = &volume.voxels;
-    let frames = volume.frames;
-    let image = Intent::Image;
-    if volume.scaling.is_some() {
-        let bits: Vec<u32> = voxels
-            .to_f32(volume.scaling)
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
-        return nifti::write(path, grid, frames, prov, DataType::F32, image, &bits);
-    }
     let t = voxels.datatype;
-    let big = voxels.big_endian;
-    let b = &voxels.bytes;
-    match t.size() {
-        1 => nifti::write(path, grid, frames, prov, t, image, b),
-        2 => {
-            let v: Vec<u16> = native(b, big, u16::from_le_bytes, u16::from_be_bytes);
-            nifti::write(path, grid, frames, prov, t, image, &v)
-        }
-        4 => {
-            let v: Vec<u32> = native(b, big, u32::from_le_bytes, u32::from_be_bytes);
-            nifti::write(path, grid, frames, prov, t, image, &v)
-        }
-        _ => {
-            let v: Vec<u64> = native(b, big, u64::from_le_bytes, u64::from_be_bytes);
-            nifti::write(path, grid, frames, prov, t, image, &v)
-        }
-    }
-}
-
-/// Bit patterns of `N`-byte voxels in native order.
-fn native<T, const N: usize>(
-    bytes: &[u8],
-    big_endian: bool,
-    le: fn([u8; N]) -> T,
-    be: fn([u8; N]) -> T,
-) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|c| {
-            let a: [u8; N] = c.try_into().expect("chunks_exact gives N bytes");
-            if big_endian { be(a) } else { le(a) }
-        })
-        .collect()
+    let swapped: Vec<u8>;
+    let little_endian = if voxels.big_endian {
+        swapped = voxels
+            .bytes
+            .chunks_exact(t.size())
+            .flat_map(|v| v.iter().rev().copied())
+            .collect();
+        &swapped
+    } else {
+        &voxels.bytes
+    };
+    nifti::write(
+        path,
+        &volume.grid,
+        volume.frames,
+        &volume.provenance,
+        t,
+        Intent::Image,
+        // Stored values with their scaling, as the input has them.
+        volume.scaling,
+        little_endian,
+    )
 }

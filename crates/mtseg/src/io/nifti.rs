@@ -12,8 +12,7 @@ use std::path::Path;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use nalgebra::{Matrix3, Matrix4};
-use ndarray::{ArrayView3, ArrayView4, ShapeBuilder};
-use nifti::{Endianness, NiftiHeader, NiftiType, XForm, writer::WriterOptions};
+use nifti::{Endianness, NiftiHeader, NiftiType, XForm};
 
 use super::volume::{Affine, DataType, Format, Grid, Provenance};
 use super::voxels::{RawVoxels, Scaling, checked_size, read_exact_bytes, stream_error};
@@ -429,49 +428,6 @@ fn from_nifti1(h: &NiftiHeader) -> HeaderFields {
     }
 }
 
-fn to_nifti1(f: &HeaderFields) -> NiftiHeader {
-    NiftiHeader {
-        dim: f.dim.map(|d| d as u16),
-        datatype: f.datatype,
-        pixdim: f.pixdim.map(|v| v as f32),
-        scl_slope: f.scl_slope as f32,
-        scl_inter: f.scl_inter as f32,
-        cal_max: f.cal_max as f32,
-        cal_min: f.cal_min as f32,
-        slice_duration: f.slice_duration as f32,
-        toffset: f.toffset as f32,
-        slice_start: f.slice_start as i16,
-        slice_end: f.slice_end as i16,
-        slice_code: f.slice_code as u8,
-        xyzt_units: f.xyzt_units as u8,
-        dim_info: f.dim_info,
-        intent_code: f.intent_code as i16,
-        intent_p1: f.intent_p[0] as f32,
-        intent_p2: f.intent_p[1] as f32,
-        intent_p3: f.intent_p[2] as f32,
-        intent_name: f.intent_name,
-        descrip: f.descrip.to_vec(),
-        aux_file: f.aux_file,
-        qform_code: f.qform_code as i16,
-        sform_code: f.sform_code as i16,
-        quatern_b: f.quatern[0] as f32,
-        quatern_c: f.quatern[1] as f32,
-        quatern_d: f.quatern[2] as f32,
-        quatern_x: f.qoffset[0] as f32,
-        quatern_y: f.qoffset[1] as f32,
-        quatern_z: f.qoffset[2] as f32,
-        srow_x: f.srow[0].map(|v| v as f32),
-        srow_y: f.srow[1].map(|v| v as f32),
-        srow_z: f.srow[2].map(|v| v as f32),
-        endianness: if f.big_endian {
-            Endianness::Big
-        } else {
-            Endianness::Little
-        },
-        ..NiftiHeader::default()
-    }
-}
-
 /// Little helper to read NIfTI-2's fixed layout in either byte order.
 struct Fields<'a> {
     bytes: &'a [u8],
@@ -563,6 +519,57 @@ fn parse_nifti2(path: &Path, bytes: &[u8], big_endian: bool) -> Result<HeaderFie
 }
 
 /// The 540-byte NIfTI-2 header, little-endian, voxels at offset 544.
+/// A NIfTI-1 header (348 bytes, little-endian, magic "n+1") and the empty extension flag:
+/// written by hand because the `nifti` crate's writer sets scl_slope and scl_inter to 1 and 0.
+fn encode_nifti1(f: &HeaderFields) -> Vec<u8> {
+    let mut out = Vec::with_capacity(352);
+    let f32s = |out: &mut Vec<u8>, values: &[f64]| {
+        values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as f32).to_le_bytes()))
+    };
+    out.extend_from_slice(&NIFTI1_HEADER_SIZE.to_le_bytes());
+    // data_type, db_name, extents, session_error: unused.
+    out.extend_from_slice(&[0u8; 10 + 18 + 4 + 2]);
+    out.push(b'r');
+    out.push(f.dim_info);
+    f.dim
+        .iter()
+        .for_each(|d| out.extend_from_slice(&(*d as i16).to_le_bytes()));
+    f32s(&mut out, &f.intent_p);
+    out.extend_from_slice(&(f.intent_code as i16).to_le_bytes());
+    out.extend_from_slice(&f.datatype.to_le_bytes());
+    let bitpix = data_type(Path::new(""), f.datatype).map_or(0, |t| t.size() as i16 * 8);
+    out.extend_from_slice(&bitpix.to_le_bytes());
+    out.extend_from_slice(&(f.slice_start as i16).to_le_bytes());
+    f32s(&mut out, &f.pixdim);
+    f32s(&mut out, &[352.0, f.scl_slope, f.scl_inter]);
+    out.extend_from_slice(&(f.slice_end as i16).to_le_bytes());
+    out.push(f.slice_code as u8);
+    out.push(f.xyzt_units as u8);
+    f32s(
+        &mut out,
+        &[f.cal_max, f.cal_min, f.slice_duration, f.toffset],
+    );
+    // glmax, glmin: unused.
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&f.descrip);
+    out.extend_from_slice(&f.aux_file);
+    out.extend_from_slice(&(f.qform_code as i16).to_le_bytes());
+    out.extend_from_slice(&(f.sform_code as i16).to_le_bytes());
+    f32s(&mut out, &f.quatern);
+    f32s(&mut out, &f.qoffset);
+    for row in &f.srow {
+        f32s(&mut out, row);
+    }
+    out.extend_from_slice(&f.intent_name);
+    out.extend_from_slice(b"n+1\0");
+    debug_assert_eq!(out.len(), 348);
+    // Extension flag: no extensions follow.
+    out.extend_from_slice(&[0u8; 4]);
+    out
+}
+
 fn encode_nifti2(f: &HeaderFields) -> Vec<u8> {
     let mut out = Vec::with_capacity(544);
     out.extend_from_slice(&NIFTI2_HEADER_SIZE.to_le_bytes());
@@ -631,6 +638,7 @@ fn header_for(
     provenance: &Provenance,
     datatype: DataType,
     intent: Intent,
+    scaling: Option<Scaling>,
 ) -> Result<(NiftiVersion, HeaderFields)> {
     check_affine(path, &grid.affine)?;
     let kept = provenance.template.as_ref().filter(|t| {
@@ -661,8 +669,7 @@ fn header_for(
         }
     }
     fields.datatype = nifti_code(datatype) as i16;
-    fields.scl_slope = 1.0;
-    fields.scl_inter = 0.0;
+    (fields.scl_slope, fields.scl_inter) = scaling.map_or((1.0, 0.0), |s| (s.slope, s.inter));
     fields.cal_min = 0.0;
     fields.cal_max = 0.0;
     fields.big_endian = false;
@@ -703,47 +710,31 @@ fn fresh_header(grid: &Grid, provenance: &Provenance) -> HeaderFields {
     fields
 }
 
-/// Writes voxels given as native-endian values of one width (`u8`, `u16`, `u32` or `u64`
-/// holding the bit patterns of `datatype`) as a NIfTI file at `path` (atomically; `.gz`
-/// endings are compressed): `frames` 3-D volumes on `grid`, 4-D when there are several.
-pub fn write<A>(
+/// Writes voxels given as little-endian bytes of `datatype` as a NIfTI file at `path`
+/// (atomically; `.gz` endings are compressed): `frames` 3-D volumes on `grid`, 4-D when there
+/// are several, their values scaled by `scaling` (scl_slope, scl_inter) when given.
+#[allow(clippy::too_many_arguments)]
+pub fn write(
     path: &Path,
     grid: &Grid,
     frames: usize,
     provenance: &Provenance,
     datatype: DataType,
     intent: Intent,
-    voxels: &[A],
-) -> Result<()>
-where
-    A: bytemuck::Pod + ToLeBytes,
-{
-    assert_eq!(std::mem::size_of::<A>(), datatype.size());
-    assert_eq!(voxels.len(), grid.len() * frames);
-    let (version, fields) = header_for(path, grid, frames, provenance, datatype, intent)?;
-    let layout = |e| Error::invalid(path, format!("voxel layout: {e}"));
-    let written = |e| Error::invalid(path, format!("cannot write NIfTI-1: {e}"));
-    super::atomic::write_with(path, |temp| match version {
-        NiftiVersion::V1 if frames > 1 => {
-            let [x, y, z] = grid.shape;
-            let view = ArrayView4::from_shape((x, y, z, frames).f(), voxels).map_err(layout)?;
-            WriterOptions::new(temp)
-                .reference_header(&to_nifti1(&fields))
-                .write_nifti_with_type(&view, nifti_code(datatype))
-                .map_err(written)
-        }
-        NiftiVersion::V1 => {
-            let view = ArrayView3::from_shape(grid.shape.f(), voxels).map_err(layout)?;
-            WriterOptions::new(temp)
-                .reference_header(&to_nifti1(&fields))
-                .write_nifti_with_type(&view, nifti_code(datatype))
-                .map_err(written)
-        }
-        NiftiVersion::V2 => write_nifti2(temp, &fields, voxels),
-    })
+    scaling: Option<Scaling>,
+    voxels: &[u8],
+) -> Result<()> {
+    assert_eq!(voxels.len(), grid.len() * frames * datatype.size());
+    let (version, fields) = header_for(path, grid, frames, provenance, datatype, intent, scaling)?;
+    let header = match version {
+        NiftiVersion::V1 => encode_nifti1(&fields),
+        NiftiVersion::V2 => encode_nifti2(&fields),
+    };
+    super::atomic::write_with(path, |temp| write_stream(temp, &header, voxels))
 }
 
-fn write_nifti2<A: ToLeBytes>(temp: &Path, fields: &HeaderFields, voxels: &[A]) -> Result<()> {
+/// The header, then the voxels, gzipped when `temp`'s name ends in `.gz`.
+fn write_stream(temp: &Path, header: &[u8], voxels: &[u8]) -> Result<()> {
     let file = File::create(temp).map_err(|e| Error::io(temp, e))?;
     let mut out: Box<dyn Write> = if is_gz(temp) {
         Box::new(GzEncoder::new(file, Compression::fast()))
@@ -751,31 +742,10 @@ fn write_nifti2<A: ToLeBytes>(temp: &Path, fields: &HeaderFields, voxels: &[A]) 
         Box::new(std::io::BufWriter::new(file))
     };
     let io = |e| Error::io(temp, e);
-    out.write_all(&encode_nifti2(fields)).map_err(io)?;
-    let mut buffer = Vec::with_capacity(1 << 16);
-    for chunk in voxels.chunks(8192) {
-        buffer.clear();
-        chunk.iter().for_each(|v| v.extend_le(&mut buffer));
-        out.write_all(&buffer).map_err(io)?;
-    }
+    out.write_all(header).map_err(io)?;
+    out.write_all(voxels).map_err(io)?;
     out.flush().map_err(io)
 }
-
-/// Voxel widths that can be written out as little-endian bytes.
-pub trait ToLeBytes: Copy {
-    fn extend_le(self, out: &mut Vec<u8>);
-}
-
-macro_rules! to_le_bytes {
-    ($($t:ty),*) => {$(
-        impl ToLeBytes for $t {
-            fn extend_le(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-        }
-    )*};
-}
-to_le_bytes!(u8, u16, u32, u64);
 
 #[cfg(test)]
 mod tests {
@@ -848,7 +818,10 @@ mod tests {
         let values: Vec<u16> = (0..grid.len() as u16 * 3).collect();
         for (name, frames) in [("a.nii", 3), ("b.nii.gz", 3), ("c.nii", 1)] {
             let path = dir.path().join(name);
-            let voxels = &values[..grid.len() * frames];
+            let voxels: Vec<u8> = values[..grid.len() * frames]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             write(
                 &path,
                 &grid,
@@ -856,7 +829,8 @@ mod tests {
                 &provenance,
                 DataType::U16,
                 Intent::Image,
-                voxels,
+                None,
+                &voxels,
             )
             .unwrap();
             let raw = read(&path).unwrap();
@@ -883,6 +857,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn nifti1_header_round_trips_through_the_crates_reader() {
+        let mut f = fields_with([0.25, -0.5, 0.125], [-1.0, 0.5, 0.75, 2.0]);
+        f.dim = [4, 7, 6, 5, 3, 1, 1, 1];
+        f.pixdim[4] = 1.5;
+        f.datatype = 4;
+        f.sform_code = 2;
+        f.srow = [
+            [0.5, 0.0, 0.0, -1.0],
+            [0.0, 0.75, 0.0, -2.0],
+            [0.0, 0.0, 2.0, -3.0],
+        ];
+        f.vox_offset = 352.0;
+        f.scl_slope = 2.5;
+        f.scl_inter = -1024.0;
+        f.intent_code = INTENT_LABEL;
+        f.descrip[..5].copy_from_slice(b"mtseg");
+        f.xyzt_units = 10;
+        f.big_endian = false;
+        let bytes = encode_nifti1(&f);
+        assert_eq!(bytes.len(), 352);
+        let header = NiftiHeader::from_reader(std::io::Cursor::new(&bytes)).unwrap();
+        assert_eq!(&header.magic, b"n+1\0");
+        assert_eq!(header.bitpix, 16);
+        assert_eq!(from_nifti1(&header), f);
     }
 
     #[test]

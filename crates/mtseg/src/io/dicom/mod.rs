@@ -157,6 +157,8 @@ struct Frame {
     /// From an enhanced multi-frame file (its frames are referenced by number).
     multiframe: bool,
     format: PixelFormat,
+    /// Why its pixels cannot be decoded, if they cannot.
+    refused: Option<String>,
 }
 
 /// One slice of a series as a derived object references it.
@@ -190,6 +192,9 @@ pub struct SeriesInfo {
     /// The slices of the (first) volume, in its order.
     #[serde(skip)]
     pub slices: Vec<SourceSlice>,
+    /// Why the series cannot be read, when some of its files cannot be decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     /// ImageOrientationPatient and PixelSpacing (between rows, between columns) of the slices.
     #[serde(skip)]
     pub orientation: [f64; 6],
@@ -259,21 +264,18 @@ fn frames_of(path: &Path) -> Result<(Vec<Frame>, InMemDicomObject)> {
     if !holds_an_image(&sop_class) {
         return Ok((Vec::new(), data.clone()));
     }
-    if let Some((_, name)) = REFUSED.iter().find(|(uid, _)| *uid == transfer_syntax) {
-        return Err(invalid(
-            path,
-            format!(
-                "pixel data in {name} ({transfer_syntax}), which mtseg does not decode: convert \
-                 the series to uncompressed DICOM (gdcmconv --raw) or NIfTI (dcm2niix) first"
-            ),
-        ));
-    }
-    if !DECODED.iter().any(|(uid, _)| *uid == transfer_syntax) {
-        return Err(invalid(
-            path,
-            format!("pixel data in transfer syntax {transfer_syntax}, which mtseg does not decode"),
-        ));
-    }
+    // Files whose pixels cannot be decoded still belong to their series, which then cannot
+    // be read (rather than be read without them).
+    let refused = match REFUSED.iter().find(|(uid, _)| *uid == transfer_syntax) {
+        Some((_, name)) => Some(format!(
+            "pixel data in {name} ({transfer_syntax}), which mtseg does not decode: convert the \
+             series to uncompressed DICOM (gdcmconv --raw) or NIfTI (dcm2niix) first"
+        )),
+        None if !DECODED.iter().any(|(uid, _)| *uid == transfer_syntax) => Some(format!(
+            "pixel data in transfer syntax {transfer_syntax}, which mtseg does not decode"
+        )),
+        None => None,
+    };
     let number = |tag| int(data, tag).ok_or_else(|| invalid(path, format!("no {tag} (required)")));
     let samples = int(data, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
     if samples != 1 {
@@ -284,7 +286,8 @@ fn frames_of(path: &Path) -> Result<(Vec<Frame>, InMemDicomObject)> {
     }
     let rows = number(tags::ROWS)? as usize;
     let columns = number(tags::COLUMNS)? as usize;
-    if rows == 0 || columns == 0 || rows > 1 << 15 || columns > 1 << 15 {
+    // 8192 x 8192 is past any scanner's slice; a decoder would allocate what a header claims.
+    if rows == 0 || columns == 0 || rows * columns > 1 << 26 {
         return Err(invalid(
             path,
             format!("{rows} x {columns} pixels: not an image"),
@@ -363,6 +366,7 @@ fn frames_of(path: &Path) -> Result<(Vec<Frame>, InMemDicomObject)> {
         sop_instance,
         multiframe: false,
         format,
+        refused,
     };
 
     let per_frame = data
@@ -514,10 +518,25 @@ pub fn list(path: &Path) -> Result<Vec<Series>> {
     if files.is_empty() {
         return Err(invalid(path, "no DICOM files here"));
     }
-    let read: Vec<(Vec<Frame>, InMemDicomObject)> = files
-        .par_iter()
-        .map(|f| frames_of(f))
-        .collect::<Result<_>>()?;
+    let results: Vec<Result<(Vec<Frame>, InMemDicomObject)>> =
+        files.par_iter().map(|f| frames_of(f)).collect();
+    // One file must read; in a folder an unreadable file is left out, loudly (the slice gap
+    // it leaves in a series is caught when the series is read).
+    let mut read = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(frames) => read.push(frames),
+            Err(e) if files.len() == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}; the file is left out");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if read.iter().all(|(frames, _)| frames.is_empty()) {
+        return Err(first_error.unwrap_or_else(|| invalid(path, "no DICOM image series here")));
+    }
     // Series UID, then orientation and size within it.
     type Key = (String, [i64; 6], usize, usize, [i64; 2]);
     let mut groups: BTreeMap<Key, (Vec<Frame>, InMemDicomObject, usize)> = BTreeMap::new();
@@ -563,6 +582,11 @@ pub fn list(path: &Path) -> Result<Vec<Series>> {
                         .unwrap_or_default(),
                     patient,
                     slices: Vec::new(),
+                    unreadable: frames.iter().find_map(|f| {
+                        f.refused
+                            .as_ref()
+                            .map(|why| format!("{}: {why}", f.file.display()))
+                    }),
                     orientation: frames[0].orientation,
                     pixel_spacing: frames[0].spacing,
                     uid,
@@ -719,65 +743,50 @@ impl Series {
     /// The series' voxels: every volume, rescaled (kept as stored integers with one scaling
     /// when every frame shares it); errors name `path`.
     pub fn read(&self, path: &Path) -> Result<RawVolume> {
+        if let Some(why) = self
+            .frames
+            .iter()
+            .find_map(|f| f.refused.as_ref().map(|why| invalid(&f.file, why)))
+        {
+            return Err(why);
+        }
         let layout = self.layout(path)?;
         let plane = layout.grid.shape[0] * layout.grid.shape[1];
-        let mut stored = vec![0i32; plane * layout.frames.len()];
-        // Frame by file, so that each file is opened and decoded once.
-        let mut by_file: BTreeMap<&Path, Vec<(usize, &Frame)>> = BTreeMap::new();
-        for (i, frame) in layout.frames.iter().enumerate() {
-            by_file.entry(&frame.file).or_default().push((i, frame));
-        }
-        let decoded: Vec<Vec<(usize, Vec<i32>)>> = by_file
-            .into_par_iter()
-            .map(|(file, frames)| decode_file(file, &frames))
-            .collect::<Result<_>>()?;
-        for (i, values) in decoded.into_iter().flatten() {
-            stored[i * plane..(i + 1) * plane].copy_from_slice(&values);
-        }
-        let rescales: Vec<(f64, f64)> = layout.frames.iter().map(|f| f.rescale).collect();
-        let one = rescales.iter().all(|r| *r == rescales[0]);
-        let (voxels, datatype, scaling) = if one {
-            let (low, high) = stored
-                .iter()
-                .fold((i32::MAX, i32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-            let (datatype, bytes): (DataType, Vec<u8>) =
-                if low >= i16::MIN as i32 && high <= i16::MAX as i32 {
-                    (
-                        DataType::I16,
-                        stored
-                            .iter()
-                            .flat_map(|&v| (v as i16).to_le_bytes())
-                            .collect(),
-                    )
-                } else if low >= 0 && high <= u16::MAX as i32 {
-                    (
-                        DataType::U16,
-                        stored
-                            .iter()
-                            .flat_map(|&v| (v as u16).to_le_bytes())
-                            .collect(),
-                    )
+        let dims = [plane, layout.frames.len()].map(|d| d as u64);
+        super::voxels::checked_size(path, &dims, DataType::I32)?;
+        // The stored integers in the narrowest type that holds them all, with one scaling, or
+        // (rescales differing from frame to frame) the rescaled values as f32.
+        let rescale = layout.frames[0].rescale;
+        let (datatype, scaling) = if layout.frames.iter().all(|f| f.rescale == rescale) {
+            let formats = || layout.frames.iter().map(|f| f.format);
+            let datatype =
+                if formats().all(|f| f.bits_stored < 16 || f.signed && f.bits_stored == 16) {
+                    DataType::I16
+                } else if formats().all(|f| !f.signed && f.bits_stored <= 16) {
+                    DataType::U16
                 } else {
-                    (
-                        DataType::I32,
-                        stored.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-                    )
+                    DataType::I32
                 };
-            let (slope, inter) = rescales[0];
-            let scaling = (slope != 1.0 || inter != 0.0).then_some(Scaling { slope, inter });
-            (bytes, datatype, scaling)
+            let (slope, inter) = rescale;
+            (
+                datatype,
+                (slope != 1.0 || inter != 0.0).then_some(Scaling { slope, inter }),
+            )
         } else {
-            let bytes = stored
-                .chunks(plane)
-                .zip(&rescales)
-                .flat_map(|(values, (slope, inter))| {
-                    values
-                        .iter()
-                        .flat_map(move |&v| ((v as f64 * slope + inter) as f32).to_le_bytes())
-                })
-                .collect();
-            (bytes, DataType::F32, None)
+            (DataType::F32, None)
         };
+        // Each file opened and decoded once, straight into its frames' places.
+        let mut voxels = vec![0u8; plane * layout.frames.len() * datatype.size()];
+        let mut by_file: BTreeMap<&Path, Vec<(&mut [u8], &Frame)>> = BTreeMap::new();
+        for (place, frame) in voxels
+            .chunks_mut(plane * datatype.size())
+            .zip(&layout.frames)
+        {
+            by_file.entry(&frame.file).or_default().push((place, frame));
+        }
+        by_file
+            .into_par_iter()
+            .try_for_each(|(file, places)| decode_file(file, places, datatype))?;
         Ok(RawVolume {
             voxels: RawVoxels {
                 bytes: voxels,
@@ -795,77 +804,94 @@ impl Series {
     }
 }
 
-/// The stored values (masked, sign-extended) of the given frames of one file.
-fn decode_file(file: &Path, frames: &[(usize, &Frame)]) -> Result<Vec<(usize, Vec<i32>)>> {
+/// Decodes the given frames of one file into their places, as `datatype` (stored values,
+/// masked and sign-extended; rescaled when f32).
+fn decode_file(file: &Path, places: Vec<(&mut [u8], &Frame)>, datatype: DataType) -> Result<()> {
     let obj: DefaultDicomObject = dicom_object::open_file(file)
         .map_err(|e| invalid(file, format!("not a readable DICOM file: {e}")))?;
     let pixels = obj
         .decode_pixel_data()
         .map_err(|e| invalid(file, format!("cannot decode its pixel data: {e}")))?;
-    frames
-        .iter()
-        .map(|&(i, frame)| {
-            let bytes = pixels.frame_data(frame.number).map_err(|_| {
-                invalid(
-                    file,
-                    format!("frame {} is missing from the pixel data", frame.number + 1),
-                )
-            })?;
-            let stored_rows = pixels.rows() as usize;
-            let stored_columns = pixels.columns() as usize;
-            let all = stored_values(file, bytes, frame.format, stored_rows * stored_columns)?;
-            let values = match frame.tile {
-                None => all,
-                Some((row0, col0)) => {
-                    let mut tile = Vec::with_capacity(frame.rows * frame.columns);
-                    for r in row0..row0 + frame.rows {
-                        tile.extend_from_slice(&all[r * stored_columns + col0..][..frame.columns]);
-                    }
-                    tile
-                }
-            };
-            Ok((i, values))
-        })
-        .collect()
+    let stored_columns = pixels.columns() as usize;
+    let stored_pixels = pixels.rows() as usize * stored_columns;
+    for (place, frame) in places {
+        let bytes = pixels.frame_data(frame.number).map_err(|_| {
+            invalid(
+                file,
+                format!("frame {} is missing from the pixel data", frame.number + 1),
+            )
+        })?;
+        let width = frame.format.bits_allocated as usize / 8;
+        if bytes.len() < stored_pixels * width {
+            return Err(invalid(
+                file,
+                format!(
+                    "{} bytes of pixel data for {stored_pixels} pixels of {} bits",
+                    bytes.len(),
+                    frame.format.bits_allocated
+                ),
+            ));
+        }
+        let stored = Stored::of(frame.format);
+        let (row0, col0) = frame.tile.unwrap_or((0, 0));
+        let (slope, inter) = frame.rescale;
+        let out_rows = place.chunks_exact_mut(frame.columns * datatype.size());
+        for (r, out) in (row0..row0 + frame.rows).zip(out_rows) {
+            let start = (r * stored_columns + col0) * width;
+            let row = &bytes[start..start + frame.columns * width];
+            let values = row.chunks_exact(width).map(|c| stored.value(c));
+            let out = out.chunks_exact_mut(datatype.size());
+            match datatype {
+                DataType::I16 => out
+                    .zip(values)
+                    .for_each(|(o, v)| o.copy_from_slice(&(v as i16).to_le_bytes())),
+                DataType::U16 => out
+                    .zip(values)
+                    .for_each(|(o, v)| o.copy_from_slice(&(v as u16).to_le_bytes())),
+                DataType::I32 => out
+                    .zip(values)
+                    .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
+                _ => out.zip(values).for_each(|(o, v)| {
+                    o.copy_from_slice(&((v as f64 * slope + inter) as f32).to_le_bytes())
+                }),
+            }
+        }
+    }
+    Ok(())
 }
 
-/// `count` values of `format` from native-endian bytes: the stored bits (BitsStored ending at
-/// HighBit), sign-extended when signed. Other bits are not assumed to be zero.
-fn stored_values(file: &Path, bytes: &[u8], format: PixelFormat, count: usize) -> Result<Vec<i32>> {
-    let width = format.bits_allocated as usize / 8;
-    if bytes.len() < count * width {
-        return Err(invalid(
-            file,
-            format!(
-                "{} bytes of pixel data for {count} pixels of {} bits",
-                bytes.len(),
-                format.bits_allocated
-            ),
-        ));
+/// How a stored value is read from its bytes (native-endian, as decoded): the bits stored
+/// (BitsStored ending at HighBit), sign-extended when signed. Other bits are not assumed to
+/// be zero.
+#[derive(Clone, Copy)]
+struct Stored {
+    shift: u32,
+    mask: u64,
+    /// The sign bit when signed (else 0).
+    sign: u64,
+}
+
+impl Stored {
+    fn of(format: PixelFormat) -> Stored {
+        let bits = format.bits_stored as u32;
+        Stored {
+            shift: (format.high_bit + 1 - format.bits_stored) as u32,
+            mask: (1u64 << bits) - 1,
+            sign: if format.signed { 1 << (bits - 1) } else { 0 },
+        }
     }
-    let shift = format.high_bit + 1 - format.bits_stored;
-    let bits = format.bits_stored as u32;
-    let mask: u64 = if bits >= 32 {
-        u32::MAX as u64
-    } else {
-        (1u64 << bits) - 1
-    };
-    Ok(bytes[..count * width]
-        .chunks_exact(width)
-        .map(|c| {
-            let raw = match width {
-                1 => c[0] as u64,
-                2 => u16::from_ne_bytes([c[0], c[1]]) as u64,
-                _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64,
-            };
-            let v = (raw >> shift) & mask;
-            if format.signed && bits < 64 && v & (1 << (bits - 1)) != 0 {
-                (v as i64 - (1i64 << bits)) as i32
-            } else {
-                v as i64 as i32
-            }
-        })
-        .collect())
+
+    #[inline]
+    fn value(self, bytes: &[u8]) -> i32 {
+        let raw = match bytes.len() {
+            1 => bytes[0] as u64,
+            2 => u16::from_ne_bytes([bytes[0], bytes[1]]) as u64,
+            _ => u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as u64,
+        };
+        let v = (raw >> self.shift) & self.mask;
+        // Two's complement of the stored width: subtract twice the sign bit when it is set.
+        (v as i64 - ((v & self.sign) << 1) as i64) as i32
+    }
 }
 
 /// The one series at `path` (or the one `series` names) and what it is.
