@@ -23,11 +23,15 @@ fn to_python(e: mtseg::Error) -> PyErr {
     }
 }
 
-fn segmenter(model: Option<PathBuf>) -> Result<Segmenter, mtseg::Error> {
-    match model {
-        Some(path) => Segmenter::load(&path, Hardware::Cpu),
-        None => Segmenter::shipped(Hardware::Cpu),
+fn segmenter(model: Option<PathBuf>, task: Option<String>) -> Result<Segmenter, mtseg::Error> {
+    let mut builder = Segmenter::builder().hardware(Hardware::Cpu);
+    if let Some(path) = model {
+        builder = builder.model(path);
     }
+    if let Some(task) = task {
+        builder = builder.task(task);
+    }
+    builder.build()
 }
 
 fn affine_of(affine: &PyReadonlyArray2<'_, f64>) -> PyResult<Affine> {
@@ -67,9 +71,7 @@ fn segment<'py>(
     let image = Volume::filled(grid, 0f32, DataType::F32).with_data(data);
     let (labels, summary) = py
         .detach(|| {
-            let segmenter = segmenter(model)?;
-            let task = task.map(|t| segmenter.task_index(&t)).transpose()?;
-            let segmented = segmenter.segment(&image, task, false)?;
+            let segmented = segmenter(model, task)?.segment(&image)?;
             let summary = serde_json::to_string(&segmented.summary)
                 .map_err(|e| mtseg::Error::usage(e.to_string()))?;
             Ok::<_, mtseg::Error>((segmented.labels.data, summary))
@@ -96,10 +98,8 @@ fn segment_file(
         if input.canonicalize().ok() == output.canonicalize().ok() && output.exists() {
             return Err(mtseg::Error::invalid(&output, "refusing to write over the input"));
         }
-        let segmenter = segmenter(model)?;
-        let task = task.map(|t| segmenter.task_index(&t)).transpose()?;
-        let report =
-            segment_file_native(&segmenter, &input, &output, task, probabilities.as_deref())?;
+        let segmenter = segmenter(model, task)?;
+        let report = segment_file_native(&segmenter, &input, &output, probabilities.as_deref())?;
         serde_json::to_string(&report).map_err(|e| mtseg::Error::usage(e.to_string()))
     })
     .map_err(to_python)

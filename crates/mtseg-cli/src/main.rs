@@ -1,7 +1,9 @@
 //! `mtseg`: the command-line face of the mtseg library. Each subcommand is a thin layer over
 //! one library stage; errors are printed as one line naming the file and the problem.
 
+mod bench;
 mod commands;
+mod demo;
 mod progress;
 
 use std::process::ExitCode;

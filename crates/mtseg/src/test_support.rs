@@ -2,7 +2,9 @@
 
 use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use crate::model::file::FORMAT_VERSION;
-use crate::model::{ModelMeta, NetworkConfig, OutputLayout, TaskMeta, TrainConfig};
+use crate::model::{
+    Architecture, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
+};
 use crate::preprocess::{Normalization, Preprocessing};
 
 /// The metadata of a model of two tasks, `A` (MR) and `B` (CT), with the given classes
@@ -66,4 +68,14 @@ pub fn tiny_network() -> NetworkConfig {
         .with_kernels(4)
         .with_fc_width(8)
         .with_dropout(0.0)
+}
+
+/// A tiny two-level U-Net in per-task mode, two tasks of one class each.
+pub fn unet_meta() -> ModelMeta {
+    let network = NetworkConfig::new()
+        .with_architecture(Architecture::UNet)
+        .with_unet_levels(2)
+        .with_unet_width(4)
+        .with_output_mode(OutputMode::PerTask);
+    two_task_meta(network, &[(0, "a", 1), (1, "b", 1)])
 }

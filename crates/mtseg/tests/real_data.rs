@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use mtseg::datasets::{Task, TaskSet};
-use mtseg::device::Hardware;
 use mtseg::eval::dice;
 use mtseg::infer::{Segmenter, segment_file};
 use mtseg::io;
@@ -157,12 +156,11 @@ fn shipped_mean_dice(
     segmenter: &Segmenter,
     image: &Path,
     reference: &io::LabelMap,
-    task: Option<usize>,
     classes: &[u16],
 ) -> (f64, Option<String>) {
     let out = tempfile::tempdir().unwrap();
     let output = out.path().join("seg.nii.gz");
-    let report = segment_file(segmenter, image, &output, task, None).unwrap();
+    let report = segment_file(segmenter, image, &output, None).unwrap();
     let predicted = io::read_labels(&output).unwrap();
     assert_eq!(predicted.grid.shape, reference.grid.shape);
     assert!(predicted.grid.max_corner_distance(&reference.grid) < 1e-3);
@@ -177,7 +175,7 @@ fn shipped_mean_dice(
 #[test]
 fn the_shipped_model_recognises_and_segments_real_test_scans() {
     let Some(root) = shared_data() else { return };
-    let segmenter = Segmenter::shipped(Hardware::Cpu).unwrap();
+    let segmenter = Segmenter::builder().build().unwrap();
     for (dataset, case, classes, floor) in [
         (
             "Dataset001_BrainTissueIXI",
@@ -197,7 +195,7 @@ fn the_shipped_model_recognises_and_segments_real_test_scans() {
         let reference = io::read_labels(&dir.join(format!("labelsTr/{case}.nii.gz"))).unwrap();
         // No task given: the model must recognise the scan itself. The floors are 0.05 below
         // what the shipped model (the U-Net) measured (0.900 and 0.801).
-        let (mean, task) = shipped_mean_dice(&segmenter, &image, &reference, None, classes);
+        let (mean, task) = shipped_mean_dice(&segmenter, &image, &reference, classes);
         let expected = dataset.split_once('_').unwrap().1;
         assert_eq!(task.as_deref(), Some(expected), "{case}");
         assert!(mean >= floor, "{case}: mean Dice {mean:.3} below {floor}");
@@ -207,14 +205,12 @@ fn the_shipped_model_recognises_and_segments_real_test_scans() {
 #[test]
 fn the_shipped_model_handles_another_resolution_and_axis_order() {
     let Some(root) = shared_data() else { return };
-    let segmenter = Segmenter::shipped(Hardware::Cpu).unwrap();
-    let brain = segmenter.task_index("BrainTissueIXI").unwrap();
+    let segmenter = Segmenter::builder().task("BrainTissueIXI").build().unwrap();
     let dir = root.join("Dataset001_BrainTissueIXI");
     let image_path = dir.join("imagesTr/IXI049_0000.nii.gz");
     let reference = io::read_labels(&dir.join("labelsTr/IXI049.nii.gz")).unwrap();
     let classes = [1u16, 2, 3, 4, 5, 6];
-    let (as_trained, _) =
-        shipped_mean_dice(&segmenter, &image_path, &reference, Some(brain), &classes);
+    let (as_trained, _) = shipped_mean_dice(&segmenter, &image_path, &reference, &classes);
 
     // The same scan at 1 mm (the training data is 2 mm; trilinear, which also blurs it a
     // little), stored in another axis order. The reference labels: each 2 mm voxel split
@@ -228,7 +224,7 @@ fn the_shipped_model_handles_another_resolution_and_axis_order() {
     let out = tempfile::tempdir().unwrap();
     let moved = out.path().join("IXI049_1mm_reordered.nii.gz");
     io::write_image(&moved, &image).unwrap();
-    let (moved_dice, _) = shipped_mean_dice(&segmenter, &moved, &reference, Some(brain), &classes);
+    let (moved_dice, _) = shipped_mean_dice(&segmenter, &moved, &reference, &classes);
     eprintln!("IXI049 mean Dice: {as_trained:.3} as stored, {moved_dice:.3} at 1 mm reordered");
     assert!(
         (moved_dice - as_trained).abs() <= 0.03,

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::bench::{self, BenchOptions};
 use anyhow::Result;
-use mtseg::bench::{self, BenchOptions};
 
 /// Measure the paper's network on mtseg's CPU kernels (or a GPU): (a) training samples/s on batches of
 /// 64 voxels with three 51x51 patches, (b) one branch over a 256x256 slice, (c) dense

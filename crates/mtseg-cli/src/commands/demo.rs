@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::demo::{self, DemoOptions};
 use anyhow::Result;
-use mtseg::demo::{self, DemoOptions};
 
 use super::experiment::ConsoleObserver;
 

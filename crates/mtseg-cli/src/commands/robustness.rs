@@ -214,8 +214,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{}: the split has no test case", args.dataset.display());
     }
     let segmenter = match &args.model {
-        Some(path) => Segmenter::load(path, mtseg::device::Hardware::Cpu)?,
-        None => Segmenter::shipped(mtseg::device::Hardware::Cpu)?,
+        Some(path) => Segmenter::builder().model(path.clone()).build()?,
+        None => Segmenter::builder().build()?,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
@@ -234,7 +234,7 @@ pub fn run(args: Args) -> Result<()> {
         for &name in &variants {
             let (image, labels) = variant(name, &image, &labels)?;
             let started = Instant::now();
-            let segmented = segmenter.segment(&image, None, false)?;
+            let segmented = segmenter.segment(&image)?;
             let seconds = started.elapsed().as_secs_f64();
             let recognised = segmented.summary.task.as_deref() == Some(task.name.as_str());
             let dice: BTreeMap<String, f64> = task
@@ -279,7 +279,7 @@ pub fn run(args: Args) -> Result<()> {
             });
         }
     }
-    write_reports(&args.out, &rows, &variants, &split.test, &segmenter.source)?;
+    write_reports(&args.out, &rows, &variants, &split.test, segmenter.source())?;
     println!("wrote {}", args.out.join("robustness.md").display());
     Ok(())
 }

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mtseg::device::Hardware;
 use mtseg::infer::{SegmentReport, Segmenter, segment_file, statistics};
 use mtseg::io;
 use mtseg::model::SHIPPED_MODEL;
@@ -96,15 +95,22 @@ fn output_name(input: &Path) -> String {
     format!("{}.nii.gz", stem.strip_suffix("_0000").unwrap_or(stem))
 }
 
-fn load_segmenter(model: Option<&Path>, hardware: Hardware) -> Result<Segmenter> {
-    match model {
-        Some(path) => Ok(Segmenter::load(path, hardware)?),
+fn load_segmenter(args: &Args) -> Result<Segmenter> {
+    let mut builder = Segmenter::builder()
+        .hardware(args.device.into())
+        .largest_component(!args.keep_all_components)
+        .mirror_left_right(args.mirror.iter().cloned());
+    if let Some(task) = &args.task {
+        builder = builder.task(task.clone());
+    }
+    match &args.model {
+        Some(path) => Ok(builder.model(path.clone()).build()?),
         None => {
-            let segmenter = Segmenter::shipped(hardware)?;
+            let segmenter = builder.build()?;
             tracing::info!(
                 "no --model given: using the shipped model {} (tasks: {})",
                 SHIPPED_MODEL,
-                segmenter.meta.task_names().join(", ")
+                segmenter.meta().task_names().join(", ")
             );
             Ok(segmenter)
         }
@@ -112,20 +118,9 @@ fn load_segmenter(model: Option<&Path>, hardware: Hardware) -> Result<Segmenter>
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut segmenter = load_segmenter(args.model.as_deref(), args.device.into())?;
-    segmenter.largest_component = !args.keep_all_components;
-    segmenter.mirrored_tasks = args
-        .mirror
-        .iter()
-        .map(|t| segmenter.task_index(t))
-        .collect::<mtseg::error::Result<_>>()?;
-    let task = args
-        .task
-        .as_deref()
-        .map(|t| segmenter.task_index(t))
-        .transpose()?;
+    let segmenter = load_segmenter(&args)?;
     if io::dicom::is_dicom_input(&args.input) {
-        return run_dicom(&segmenter, &args, task);
+        return run_dicom(&segmenter, &args);
     }
     if args.series.is_some() || args.dicom_seg.is_some() {
         bail!(
@@ -134,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if args.input.is_dir() {
-        return run_folder(&segmenter, &args, task);
+        return run_folder(&segmenter, &args);
     }
     if args.shard.is_some() {
         bail!("--shard needs a folder as --input");
@@ -151,7 +146,6 @@ pub fn run(args: Args) -> Result<()> {
         &segmenter,
         &args.input,
         &args.output,
-        task,
         args.probabilities.as_deref(),
     )?;
     print_report(&report);
@@ -231,7 +225,7 @@ fn series_file_name(info: &io::dicom::SeriesInfo) -> String {
 }
 
 /// A DICOM input: every series (or the one --series names), each into its own label map.
-fn run_dicom(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<()> {
+fn run_dicom(segmenter: &Segmenter, args: &Args) -> Result<()> {
     let mut all = io::dicom::list(&args.input)?;
     if let Some(uid) = &args.series {
         let known: Vec<String> = all.iter().map(|s| s.info.uid.clone()).collect();
@@ -291,7 +285,6 @@ fn run_dicom(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<
             &image,
             &source,
             &output,
-            task,
             probabilities.as_deref(),
         )?;
         print_report(&report);
@@ -334,7 +327,7 @@ fn run_dicom(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<
     Ok(())
 }
 
-fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result<()> {
+fn run_folder(segmenter: &Segmenter, args: &Args) -> Result<()> {
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(&args.input)
         .with_context(|| format!("{}: cannot list the folder", args.input.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -373,7 +366,7 @@ fn run_folder(segmenter: &Segmenter, args: &Args, task: Option<usize>) -> Result
         let output = args.output.join(&name);
         let probabilities = args.probabilities.as_ref().map(|p| p.join(&name));
         let result = super::check_output(input, &output, args.overwrite).and_then(|_| {
-            let report = segment_file(segmenter, input, &output, task, probabilities.as_deref())?;
+            let report = segment_file(segmenter, input, &output, probabilities.as_deref())?;
             if let Some(path) = &args.statistics {
                 statistics::append(path, &report)?;
             }

@@ -162,7 +162,7 @@ fn kmeans_1d(values: &[f32], k: usize) -> Vec<usize> {
     values.iter().map(|&v| nearest(&centres, v)).collect()
 }
 
-/// Where a crop is cut: as [`super::slices::stack`] takes it.
+/// Where a crop is cut: as [`crate::model::slices::stack`] takes it.
 #[derive(Clone, Copy, Debug)]
 pub struct CropWindow {
     pub orientation: Orientation,
@@ -354,7 +354,7 @@ fn uniform(rng: &mut ChaCha8Rng, range: (f64, f64)) -> f64 {
 
 /// One randomised crop of `volume` (of a task whose classes `generation` was made with):
 /// the `INPUT_CHANNELS x side x side` stack (channel-major, then row-major, as
-/// [`super::slices::stack`]) and the joint label of every pixel of its middle slice.
+/// [`crate::model::slices::stack`]) and the joint label of every pixel of its middle slice.
 pub fn randomised_crop(
     volume: &TrainingVolume,
     generation: &[u8],

@@ -3,7 +3,6 @@
 
 pub mod augment;
 pub mod sampler;
-pub mod slices;
 
 use rayon::prelude::*;
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainingVolume;
 use super::augment::{CropWindow, Randomisation, randomised_crop};
-use super::slices::{self, VolumeView};
+use crate::model::slices::{self, VolumeView};
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{Orientation, OutputLayout, TrainConfig};
 

@@ -6,10 +6,10 @@ use rayon::prelude::*;
 
 use super::activation::elu_in_place;
 use super::conv::Conv3x3;
+use super::dense::Engine;
 use super::matmul::{View, matmul};
 use super::params::ParamStore;
 use super::winograd::PreparedConv;
-use crate::infer::Engine;
 use crate::model::{Orientation, TriplanarNet};
 
 /// A convolution and the batch norm after it: a layer of a triplanar branch (or half a U-Net
@@ -44,17 +44,17 @@ impl BranchLayer {
 
 /// A fully connected layer, weights as burn stores a 1x1 convolution: `[out][in]`.
 #[derive(Clone, Debug)]
-pub struct Dense {
+pub struct FullyConnected {
     pub inputs: usize,
     pub outputs: usize,
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
 }
 
-impl Dense {
+impl FullyConnected {
     fn read(store: &ParamStore, prefix: &str) -> Self {
         let w = store.get(&format!("{prefix}.weight"));
-        Dense {
+        FullyConnected {
             outputs: w.shape[0],
             inputs: w.shape[1],
             weight: w.values.clone(),
@@ -92,10 +92,10 @@ impl Dense {
 pub struct CpuNetwork {
     /// Axial, coronal, sagittal.
     pub branches: Vec<Vec<BranchLayer>>,
-    pub fc1: Dense,
-    pub fc2: Dense,
-    pub classes: Dense,
-    pub task: Option<Dense>,
+    pub fc1: FullyConnected,
+    pub fc2: FullyConnected,
+    pub classes: FullyConnected,
+    pub task: Option<FullyConnected>,
     pub dropout: f32,
     pub kernels: usize,
 }
@@ -133,18 +133,18 @@ impl CpuNetwork {
                     .collect()
             })
             .collect();
-        let fc1 = Dense::read(store, "head.fc1");
+        let fc1 = FullyConnected::read(store, "head.fc1");
         CpuNetwork {
             branches,
             kernels: fc1.inputs / 3,
             fc1,
-            fc2: Dense::read(store, "head.fc2"),
-            classes: Dense::read(store, "head.classes"),
+            fc2: FullyConnected::read(store, "head.fc2"),
+            classes: FullyConnected::read(store, "head.classes"),
             task: net
                 .head
                 .task
                 .as_ref()
-                .map(|_| Dense::read(store, "head.task")),
+                .map(|_| FullyConnected::read(store, "head.task")),
             dropout: dropout as f32,
         }
     }
@@ -176,10 +176,10 @@ impl CpuNetwork {
 #[derive(Clone, Debug)]
 pub struct FoldedNetwork {
     pub branches: Vec<Vec<PreparedConv>>,
-    pub fc1: Dense,
-    pub fc2: Dense,
-    pub classes: Dense,
-    pub task: Option<Dense>,
+    pub fc1: FullyConnected,
+    pub fc2: FullyConnected,
+    pub classes: FullyConnected,
+    pub task: Option<FullyConnected>,
     pub kernels: usize,
 }
 

@@ -1,5 +1,5 @@
 //! One training step on the CPU kernels: forward with batch statistics and dropout, the loss
-//! of [`crate::train::loss`] (same definition), and the backward pass, giving the gradient of
+//! of [`crate::engine::loss`] (same definition), and the backward pass, giving the gradient of
 //! every parameter in burn's layout and the updated batch-norm running statistics.
 
 use std::collections::BTreeMap;
@@ -13,11 +13,11 @@ use rayon::prelude::*;
 use super::activation::{elu, elu_derivative_from_output, elu_in_place};
 use super::conv::{BackwardScratch, backward_image, input_gradient};
 use super::matmul::{View, matmul};
-use super::network::{CpuNetwork, Dense};
+use super::network::{CpuNetwork, FullyConnected};
 use super::winograd::PreparedConv;
 use crate::data::Batch;
+use crate::engine::loss::{task_runs, voxel_weights};
 use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig};
-use crate::train::loss::{task_runs, voxel_weights};
 
 /// Batch-norm running statistics move this far towards each batch's (as in burn).
 pub(super) const MOMENTUM: f32 = 0.1;
@@ -543,7 +543,7 @@ fn drop_and_activate_backward(d: &mut [f32], a: &[f32], mask: Option<&[f32]>) {
 /// `dW (out x in) = dY^T (out x n) * X (n x in)`, `db = column sums of dY`, and
 /// `dX (n x in) = dY (n x out) * W (out x in)` when asked.
 pub(super) fn dense_backward(
-    layer: &Dense,
+    layer: &FullyConnected,
     x: &[f32],
     dy: &[f32],
     n: usize,
@@ -611,7 +611,7 @@ pub(super) fn softmax_cross_entropy(
     (weight as f64) * ((sum as f64).ln() - picked as f64)
 }
 
-/// The soft Dice term of [`crate::train::loss`] for one task's voxels: `logits` their rows
+/// The soft Dice term of [`crate::engine::loss`] for one task's voxels: `logits` their rows
 /// (`c` wide), the softmax over `channels`, the Dice over the positions `dice` among them.
 /// Returns `weight` x (1 - the mean soft Dice) and adds its gradient at the logits to `grad`.
 pub(super) fn add_soft_dice(
@@ -876,7 +876,7 @@ pub fn train_step(
 /// Dense backward that files the weight and bias gradients under `prefix` and returns the
 /// input gradient.
 fn dense_backward_into(
-    layer: &Dense,
+    layer: &FullyConnected,
     x: &[f32],
     dy: &[f32],
     n: usize,

@@ -7,9 +7,9 @@ use rayon::prelude::*;
 
 use super::conv::Conv3x3;
 use super::matmul::{View, matmul};
-use super::network::{BranchLayer, Dense};
+use super::network::{BranchLayer, FullyConnected};
 use super::winograd::PreparedConv;
-use crate::infer::burn_engine::values;
+use crate::engine::burn_engine::values;
 use crate::model::UNet;
 use crate::model::unet::{Block, INPUT_CHANNELS};
 use burn::module::Param;
@@ -48,9 +48,9 @@ fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> PreparedConv {
 }
 
 /// A 1x1 convolution as a dense layer over pixels.
-pub(super) fn pixelwise(conv: &Conv2d) -> Dense {
+pub(super) fn pixelwise(conv: &Conv2d) -> FullyConnected {
     let [outputs, inputs, _, _] = conv.weight.dims();
-    Dense {
+    FullyConnected {
         inputs,
         outputs,
         weight: values(conv.weight.val()),
@@ -192,8 +192,8 @@ pub struct FoldedUNet {
     /// From the deepest level up, like the decoder.
     up: Vec<UpConv>,
     decoder: Vec<FoldedBlock>,
-    classes: Dense,
-    task: Option<Dense>,
+    classes: FullyConnected,
+    task: Option<FullyConnected>,
 }
 
 impl FoldedUNet {

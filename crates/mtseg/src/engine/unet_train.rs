@@ -1,5 +1,5 @@
 //! One training step of the 2.5-D U-Net on mtseg's own CPU kernels: forward with batch
-//! statistics, the loss of [`crate::train::loss::crop_loss`] (same definition), and the
+//! statistics, the loss of [`crate::engine::loss::crop_loss`] (same definition), and the
 //! backward pass, giving every parameter's gradient and the new batch-norm running statistics
 //! in the network's own structure ([`UNetStepOutput`]), which
 //! [`UNetStepOutput::gradients`] hands to burn's optimizer parameter by parameter.
@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::conv::{BackwardScratch, backward_image};
 use super::matmul::{View, matmul};
-use super::network::{BranchLayer, Dense};
+use super::network::{BranchLayer, FullyConnected};
 use super::train::{
     add_channel_sums, add_soft_dice, batch_statistics, dense_backward, moved_towards,
     norm_gradients, normalise_and_relu, softmax_cross_entropy, sum_in_order,
@@ -27,9 +27,9 @@ use super::train::{
 use super::unet::{UpConv, channels_last, conv_and_norm, max_pool, pad_by_one, pixelwise};
 use super::winograd::PreparedConv;
 use crate::data::Crops;
+use crate::engine::loss::task_runs;
 use crate::model::unet::{Block, INPUT_CHANNELS};
 use crate::model::{OutputLayout, OutputMode, TrainConfig, UNet};
-use crate::train::loss::task_runs;
 
 /// Pixels per parallel chunk of the element-wise passes (times the channels).
 const CHUNK_PIXELS: usize = 1024;
@@ -42,8 +42,8 @@ pub struct UNetLayers {
     /// From the deepest level up, as the decoder.
     pub up: Vec<UpConv>,
     pub decoder: Vec<[BranchLayer; 2]>,
-    pub classes: Dense,
-    pub task: Option<Dense>,
+    pub classes: FullyConnected,
+    pub task: Option<FullyConnected>,
 }
 
 impl UNetLayers {
@@ -540,7 +540,7 @@ fn up_and_join_backward(
     (d_below, d_skip, LinearGradients { weight, bias: db })
 }
 
-/// The loss of [`crate::train::loss::crop_loss`] from pixel-major class logits (`c` per
+/// The loss of [`crate::engine::loss::crop_loss`] from pixel-major class logits (`c` per
 /// pixel) and task logits, and its gradient at both.
 fn crop_loss(
     logits: &[f32],
@@ -749,7 +749,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
-    use crate::infer::burn_engine::values;
+    use crate::engine::burn_engine::values;
     use crate::model::{Architecture, ModelMeta, NetworkConfig};
     use crate::test_support::two_task_meta;
 
@@ -844,7 +844,7 @@ mod tests {
             let images =
                 Tensor::<4>::from_data(TensorData::new(crops.images.clone(), shape), &device);
             let (logits, task_logits) = net.forward(images);
-            let loss = crate::train::loss::crop_loss(
+            let loss = crate::engine::loss::crop_loss(
                 logits,
                 task_logits,
                 &crops,

@@ -185,7 +185,10 @@ fn run_one(
         gpus: 1,
     };
     let outcome = train::train(&train_request, observer.training())?;
-    let segmenter = Segmenter::load(&outcome.model, request.hardware)?;
+    let segmenter = Segmenter::builder()
+        .model(outcome.model.clone())
+        .hardware(request.hardware)
+        .build()?;
     let mut cases = Vec::new();
     for &t in &spec.tasks {
         let task = &set.tasks[t];
@@ -198,7 +201,7 @@ fn run_one(
                 .ok_or_else(|| Error::usage(format!("task {}: no test case '{id}'", task.name)))?;
             let output = predictions.join(format!("{id}.nii.gz"));
             // No task given: the network must recognise the scan, as in the paper.
-            segment_file(&segmenter, &case.image, &output, None, None)?;
+            segment_file(&segmenter, &case.image, &output, None)?;
             let reference = case.label.clone().expect("training cases are labelled");
             pairs.push((output, reference));
         }

@@ -1,73 +1,21 @@
 //! Stage 7, infer: dense segmentation of whole volumes, from network layout back to the
 //! input's own grid.
 
-pub mod burn_engine;
-pub mod dense;
 pub mod pipeline;
 pub mod postprocess;
 pub mod quality;
 pub mod statistics;
-pub mod unet_engine;
 
 use serde::Serialize;
 
-use burn::prelude::Device;
-
-use crate::device::Hardware;
-use crate::engine::FoldedNetwork;
+use crate::engine::{Dense, DenseSettings, NetworkInput};
 use crate::model::output::task_probabilities;
-use crate::model::{Network, OutputLayout, OutputMode, TriplanarNet};
-pub use burn_engine::BurnEngine;
-pub use dense::{Dense, DenseSettings, Engine, NetworkInput, Sampled};
+use crate::model::{OutputLayout, OutputMode};
 pub use pipeline::{
-    SegmentReport, Segmented, Segmenter, Source, Summary, segment_and_write, segment_file,
-    sidecar_path,
+    SegmentReport, Segmentation, Segmenter, SegmenterBuilder, Source, Summary, segment_and_write,
+    segment_file, sidecar_path,
 };
 pub use quality::Quality;
-pub use unet_engine::UNetEngine;
-
-/// The slab and batch sizes that suit `hardware`.
-fn settings_for(hardware: Hardware) -> DenseSettings {
-    match hardware {
-        Hardware::Cpu => DenseSettings::default(),
-        Hardware::Gpu => DenseSettings::gpu(),
-    }
-}
-
-/// A triplanar network ready to run densely on `hardware`: mtseg's CPU kernels, or burn on
-/// `device` (the GPU; its autodiff, if any, is dropped).
-pub fn triplanar_engine(
-    net: &TriplanarNet,
-    hardware: Hardware,
-    device: &Device,
-) -> (Box<dyn Engine + Send>, DenseSettings) {
-    let engine: Box<dyn Engine + Send> = match hardware {
-        Hardware::Cpu => Box::new(FoldedNetwork::from_burn(net)),
-        Hardware::Gpu => Box::new(BurnEngine::new(net, device.clone().without_autodiff())),
-    };
-    (engine, settings_for(hardware))
-}
-
-/// `net` ready to run densely on `hardware`, with the slab and batch sizes that suit it: the
-/// triplanar network as [`triplanar_engine`], the U-Net through burn on `device` (burn's
-/// Flex backend on the CPU).
-pub fn dense_engine(
-    net: &Network,
-    hardware: Hardware,
-    device: &Device,
-) -> (Box<dyn Dense + Send>, DenseSettings) {
-    let engine: Box<dyn Dense + Send> = match (net, hardware) {
-        (Network::Triplanar(n), Hardware::Cpu) => Box::new(FoldedNetwork::from_burn(n)),
-        (Network::Triplanar(n), Hardware::Gpu) => {
-            Box::new(BurnEngine::new(n, device.clone().without_autodiff()))
-        }
-        (Network::UNet(n), Hardware::Cpu) => Box::new(UNetEngine::on_cpu(n)),
-        (Network::UNet(n), Hardware::Gpu) => {
-            Box::new(UNetEngine::on_device(n, device.clone().without_autodiff()))
-        }
-    };
-    (engine, settings_for(hardware))
-}
 
 /// Which classes compete for each voxel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +29,7 @@ pub enum TaskChoice {
 
 /// A label map in network layout with its confidence.
 #[derive(Clone, Debug)]
-pub struct Segmentation {
+pub struct NetworkLabels {
     /// Joint label ids.
     pub labels: Vec<u16>,
     /// Probability of the winning class.
@@ -109,7 +57,7 @@ pub fn segment<E: Dense + ?Sized>(
     choice: TaskChoice,
     settings: &DenseSettings,
     mirrored_tasks: &[usize],
-) -> Segmentation {
+) -> NetworkLabels {
     let total: usize = input.shape.iter().product();
     let c = engine.logit_channels();
     // Candidate groups: one decision per group and voxel; per-task mode without a task keeps
@@ -185,7 +133,7 @@ pub fn segment<E: Dense + ?Sized>(
             )
         }
     };
-    Segmentation {
+    NetworkLabels {
         labels: labels.swap_remove(pick),
         probability: probability.swap_remove(pick),
         task,

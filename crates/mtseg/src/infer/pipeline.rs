@@ -12,12 +12,10 @@ use serde::Serialize;
 
 use super::postprocess::keep_largest_component;
 use super::quality::{self, Evidence, LOW_PROBABILITY, Quality};
-use super::{
-    Dense, DenseSettings, NetworkInput, Recognition, Sampled, Segmentation, TaskChoice,
-    dense_engine, segment,
-};
+use super::{NetworkLabels, Recognition, TaskChoice, segment};
 use crate::datasets::Modality;
 use crate::device::Hardware;
+use crate::engine::{Dense, DenseSettings, NetworkInput, Sampled, dense_engine};
 use crate::error::{Error, Result};
 use crate::io::{self, Image, LabelMap};
 use crate::model::output::task_probabilities;
@@ -28,70 +26,225 @@ use crate::preprocess::{self, Prepared, Preprocessing};
 /// Slices per orientation of the first look at a scan.
 const FIRST_LOOK_SLICES: usize = 6;
 
-/// A model ready to segment, on the CPU kernels or on a GPU.
+/// A model ready to segment, on the CPU kernels or on a GPU: built by [`Segmenter::builder`].
+///
+/// ```no_run
+/// use mtseg::infer::Segmenter;
+///
+/// # fn main() -> mtseg::Result<()> {
+/// // The built-in model on the CPU; the task recognised from the scan.
+/// let segmenter = Segmenter::builder().build()?;
+/// let image = mtseg::io::read_image("t1.nii.gz".as_ref())?;
+/// let segmentation = segmenter.segment(&image)?;
+/// println!(
+///     "{:?}: {:?} ml, quality ok: {}",
+///     segmentation.summary.task, segmentation.summary.volumes_ml, segmentation.summary.quality.ok
+/// );
+/// mtseg::io::write_labels("t1_seg.nii.gz".as_ref(), &segmentation.labels)?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Segmenter {
-    pub meta: ModelMeta,
-    pub engine: Box<dyn Dense + Send>,
-    pub settings: DenseSettings,
-    pub source: PathBuf,
+    pub(super) meta: ModelMeta,
+    pub(super) engine: Box<dyn Dense + Send>,
+    pub(super) settings: DenseSettings,
+    source: PathBuf,
     /// Keep only each task's largest connected object ([`keep_largest_component`]) for the
     /// tasks whose validation cases chose it (`ModelMeta::largest_component_tasks`).
-    pub largest_component: bool,
+    largest_component: bool,
     /// Tasks whose classes also get a pass over the scan mirrored left-right, averaged in
     /// (test-time augmentation; left-right symmetric anatomy only).
-    pub mirrored_tasks: Vec<usize>,
+    mirrored_tasks: Vec<usize>,
+    /// The task whose classes compete (`None`: recognised per scan).
+    task: Option<usize>,
+    /// Whether [`Segmenter::segment`] returns the winning class's probability map.
+    probabilities: bool,
+    /// A pool of its own when a thread count was asked for (else rayon's global pool).
+    pool: Option<rayon::ThreadPool>,
 }
 
-impl Segmenter {
-    /// Loads a model file to segment on `hardware`.
-    pub fn load(path: &Path, hardware: Hardware) -> Result<Self> {
-        Segmenter::new(Model::load_cpu(path)?, path, hardware)
+/// How a [`Segmenter`] is made; every setting has a default (see each method).
+///
+/// ```no_run
+/// use mtseg::device::Hardware;
+/// use mtseg::infer::Segmenter;
+///
+/// # fn main() -> mtseg::Result<()> {
+/// let segmenter = Segmenter::builder()
+///     .model("models/mtseg-unet-brain-hippocampus-cta.mtseg")
+///     .hardware(Hardware::Cpu)
+///     .task("BrainTissueIXI")
+///     .threads(2)
+///     .probabilities(true)
+///     .build()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SegmenterBuilder {
+    model: Option<PathBuf>,
+    hardware: Hardware,
+    task: Option<String>,
+    mirrored_tasks: Vec<String>,
+    largest_component: bool,
+    probabilities: bool,
+    threads: Option<usize>,
+}
+
+impl Default for SegmenterBuilder {
+    fn default() -> Self {
+        SegmenterBuilder {
+            model: None,
+            hardware: Hardware::Cpu,
+            task: None,
+            mirrored_tasks: Vec::new(),
+            largest_component: true,
+            probabilities: false,
+            threads: None,
+        }
+    }
+}
+
+impl SegmenterBuilder {
+    /// A model file (`.mtseg`). Default: the model built into mtseg (models/README.md).
+    pub fn model(mut self, path: impl Into<PathBuf>) -> Self {
+        self.model = Some(path.into());
+        self
     }
 
-    /// The model shipped with mtseg (models/README.md).
-    pub fn shipped(hardware: Hardware) -> Result<Self> {
-        Segmenter::new(
-            crate::model::load_shipped()?,
-            Path::new(crate::model::SHIPPED_MODEL),
-            hardware,
-        )
+    /// Where the network runs. Default: the CPU (mtseg's own kernels).
+    pub fn hardware(mut self, hardware: Hardware) -> Self {
+        self.hardware = hardware;
+        self
     }
 
-    pub fn new(model: Model, source: &Path, hardware: Hardware) -> Result<Self> {
-        let (engine, settings) = dense_engine(&model.net, hardware, &hardware.burn_device()?);
+    /// Segment with this task's classes only. Default: the task is recognised per scan.
+    pub fn task(mut self, name: impl Into<String>) -> Self {
+        self.task = Some(name.into());
+        self
+    }
+
+    /// Also run these tasks' classes over the scan mirrored left-right and average
+    /// (test-time augmentation for left-right symmetric anatomy). Default: none.
+    pub fn mirror_left_right<S: Into<String>>(
+        mut self,
+        tasks: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.mirrored_tasks = tasks.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Keep only each task's largest connected object where the model's validation chose it.
+    /// Default: true.
+    pub fn largest_component(mut self, keep_largest: bool) -> Self {
+        self.largest_component = keep_largest;
+        self
+    }
+
+    /// Return the winning class's probability per voxel with each segmentation. Default:
+    /// false.
+    pub fn probabilities(mut self, probabilities: bool) -> Self {
+        self.probabilities = probabilities;
+        self
+    }
+
+    /// Run on a pool of this many threads. Default: rayon's global pool (all cores, unless
+    /// the program set it otherwise).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Loads the model and checks every task name against it.
+    pub fn build(self) -> Result<Segmenter> {
+        let (model, source) = match &self.model {
+            Some(path) => (Model::load_cpu(path)?, path.clone()),
+            None => (
+                crate::model::load_shipped()?,
+                PathBuf::from(crate::model::SHIPPED_MODEL),
+            ),
+        };
+        self.build_with(model, source)
+    }
+
+    /// [`SegmenterBuilder::build`] with a model already in memory (`source` names it in
+    /// reports).
+    pub fn build_with(self, model: Model, source: PathBuf) -> Result<Segmenter> {
+        let (engine, settings) =
+            dense_engine(&model.net, self.hardware, &self.hardware.burn_device()?);
+        let task_index = |name: &str| {
+            model.meta.task_index(name).ok_or_else(|| {
+                Error::usage(format!(
+                    "the model knows no task '{name}'; its tasks are: {}",
+                    model.meta.task_names().join(", ")
+                ))
+            })
+        };
+        let task = self.task.as_deref().map(task_index).transpose()?;
+        let mirrored_tasks = self
+            .mirrored_tasks
+            .iter()
+            .map(|t| task_index(t))
+            .collect::<Result<_>>()?;
+        let pool = self
+            .threads
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| Error::usage(format!("cannot start {n} threads: {e}")))
+            })
+            .transpose()?;
         Ok(Segmenter {
             engine,
             meta: model.meta,
             settings,
-            source: source.to_path_buf(),
-            largest_component: true,
-            mirrored_tasks: Vec::new(),
+            source,
+            largest_component: self.largest_component,
+            mirrored_tasks,
+            task,
+            probabilities: self.probabilities,
+            pool,
         })
     }
+}
 
-    /// The index of a task by name, with a helpful error listing the model's tasks.
-    pub fn task_index(&self, name: &str) -> Result<usize> {
-        self.meta.task_index(name).ok_or_else(|| {
-            Error::usage(format!(
-                "the model knows no task '{name}'; its tasks are: {}",
-                self.meta.task_names().join(", ")
-            ))
-        })
+impl Segmenter {
+    /// A builder with every default: the built-in model on the CPU, the task recognised.
+    pub fn builder() -> SegmenterBuilder {
+        SegmenterBuilder::default()
     }
 
-    /// Segments `image` (with `task`'s classes, or the task the model recognises): the label
-    /// map on the image's own grid, the winning class's probability there when asked, and
-    /// what the sidecar says.
-    pub fn segment(
-        &self,
-        image: &Image,
-        task: Option<usize>,
-        want_probabilities: bool,
-    ) -> Result<Segmented> {
+    /// What the model is: its tasks, classes, preprocessing and training ranges.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// The model file (or the built-in model's name).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Segments `image` (with the builder's task's classes, or the task the model
+    /// recognises): the label map on the image's own grid, the winning class's probability
+    /// there when the builder asked for it, and what the sidecar says.
+    pub fn segment(&self, image: &Image) -> Result<Segmentation> {
+        self.segment_image(image, self.probabilities)
+    }
+
+    /// [`Segmenter::segment`] with or without the probability map, on the segmenter's pool.
+    fn segment_image(&self, image: &Image, want_probabilities: bool) -> Result<Segmentation> {
+        match &self.pool {
+            Some(pool) => pool.install(|| self.segment_here(image, want_probabilities)),
+            None => self.segment_here(image, want_probabilities),
+        }
+    }
+
+    fn segment_here(&self, image: &Image, want_probabilities: bool) -> Result<Segmentation> {
         if image.data.is_empty() {
             return Err(Error::usage("an empty image has nothing to segment"));
         }
-        let (run, choice) = match task {
+        let (run, choice) = match self.task {
             Some(t) => (self.run_task(image, t, None), Choice::given()),
             None => self.recognise(image),
         };
@@ -286,7 +439,7 @@ impl Segmenter {
         run: Run,
         choice: Choice,
         want_probabilities: bool,
-    ) -> Segmented {
+    ) -> Segmentation {
         let meta = &self.meta;
         let space = &meta.label_space;
         let Run {
@@ -415,7 +568,7 @@ impl Segmenter {
             mean_foreground_probability: (foreground_probability / labelled.max(1) as f64) as f32,
             quality,
         };
-        Segmented {
+        Segmentation {
             labels: label_map,
             probabilities,
             summary,
@@ -432,7 +585,7 @@ struct Look {
 
 /// A network-layout segmentation with the preprocessing that made it.
 struct Run {
-    segmentation: Segmentation,
+    segmentation: NetworkLabels,
     prepared: Prepared,
     /// For tasks normalised over their foreground: the foreground voxels the first look found.
     foreground_found: Option<usize>,
@@ -457,7 +610,7 @@ impl Choice {
 }
 
 /// What segmenting one scan gives, on the scan's own grid.
-pub struct Segmented {
+pub struct Segmentation {
     /// Label values as `summary.label_values` says.
     pub labels: LabelMap,
     /// The winning class's probability per voxel, when asked for.
@@ -544,7 +697,7 @@ fn looks_like_ct(image: &Image) -> bool {
     percentiles(&image.data, &[1.0])[0] < -500.0
 }
 
-fn mean_foreground_probability(s: &Segmentation) -> f32 {
+fn mean_foreground_probability(s: &NetworkLabels) -> f32 {
     let (sum, n) = s
         .labels
         .iter()
@@ -594,7 +747,6 @@ pub fn segment_file(
     segmenter: &Segmenter,
     input: &Path,
     output: &Path,
-    task: Option<usize>,
     probabilities: Option<&Path>,
 ) -> Result<SegmentReport> {
     let started = Instant::now();
@@ -604,7 +756,7 @@ pub fn segment_file(
         series: None,
         started,
     };
-    Ok(segment_and_write(segmenter, &image, &source, output, task, probabilities)?.0)
+    Ok(segment_and_write(segmenter, &image, &source, output, probabilities)?.0)
 }
 
 /// Where an image came from: its file or folder, and its series in a DICOM input.
@@ -622,11 +774,10 @@ pub fn segment_and_write(
     image: &Image,
     source: &Source,
     output: &Path,
-    task: Option<usize>,
     probabilities: Option<&Path>,
 ) -> Result<(SegmentReport, LabelMap)> {
     let segmented = segmenter
-        .segment(image, task, probabilities.is_some())
+        .segment_image(image, probabilities.is_some())
         .map_err(|e| Error::invalid(source.input, e.to_string()))?;
     io::write_labels(output, &segmented.labels)?;
     if let (Some(path), Some(map)) = (probabilities, &segmented.probabilities) {

@@ -1,30 +1,26 @@
 //! Whole-file segmentation: geometry kept in every orientation, the same anatomy labelled the
 //! same whatever the file's axis order, labels in the task's own ids.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
 use super::*;
-use crate::device::Hardware;
 use crate::io::{self, DataType, Grid, Image, Volume, orientation::Reorientation};
 use crate::model::{self, Model};
 use crate::test_support::{tiny_network, two_task_meta};
-
-fn segmenter() -> Segmenter {
-    segmenter_with(tiny_network())
-}
 
 fn segmenter_with(network: model::NetworkConfig) -> Segmenter {
     let meta = two_task_meta(network, &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
     // A seed whose random network gives several labels on `ras_image` (the tests check it).
     let net = model::Network::init(&meta, 1, &Device::flex()).valid();
-    let mut segmenter =
-        Segmenter::new(Model { meta, net }, Path::new("test.mtseg"), Hardware::Cpu).unwrap();
     // A random network's labels are scattered: these tests are about geometry, so they keep
     // every piece (post-processing has its own tests).
-    segmenter.largest_component = false;
-    segmenter
+    Segmenter::builder()
+        .task("A")
+        .largest_component(false)
+        .build_with(Model { meta, net }, PathBuf::from("test.mtseg"))
+        .unwrap()
 }
 
 /// A smooth blob with some texture on a RAS grid of 1 mm voxels.
@@ -67,7 +63,7 @@ fn segment_in(dir: &Path, name: &str, image: &Image) -> (io::LabelMap, SegmentRe
     let input = dir.join(format!("{name}.nii.gz"));
     let output = dir.join(format!("{name}_seg.nii.gz"));
     io::write_image(&input, image).unwrap();
-    let report = segment_file(&segmenter(), &input, &output, Some(0), None).unwrap();
+    let report = segment_file(&segmenter_with(tiny_network()), &input, &output, None).unwrap();
     (io::read_labels(&output).unwrap(), report)
 }
 

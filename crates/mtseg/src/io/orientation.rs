@@ -8,12 +8,12 @@ use super::volume::{Affine, Grid, Volume};
 
 /// For each voxel axis: the world axis (0 = x/R, 1 = y/A, 2 = z/S) it is closest to, and
 /// whether it runs along (+1) or against (-1) that world axis.
-pub type Orientation = [(usize, f64); 3];
+pub type AxisDirections = [(usize, f64); 3];
 
 /// The orientation of an affine, as nibabel's `io_orientation`: the nearest orthogonal
 /// matrix of the normalised columns, then each voxel axis in turn takes the world axis it is
 /// most aligned with among those not yet taken.
-pub fn orientation(affine: &Affine) -> Orientation {
+pub fn orientation(affine: &Affine) -> AxisDirections {
     let mut m: Matrix3<f64> = affine.fixed_view::<3, 3>(0, 0).into_owned();
     for c in 0..3 {
         let norm = m.column(c).norm();

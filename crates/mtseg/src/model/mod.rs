@@ -6,6 +6,7 @@ pub mod file;
 pub mod network;
 pub mod output;
 pub mod shipped;
+pub mod slices;
 pub mod unet;
 
 use std::path::Path;
@@ -57,7 +58,8 @@ pub fn init_network(meta: &ModelMeta, seed: u64, device: &Device) -> TriplanarNe
     net
 }
 
-/// The weights of a triplanar network as bytes ([`weights_to_bytes_of`]).
+/// The weights of a triplanar network as bytes: burn's module record of its evaluation-mode
+/// copy (batch-norm running statistics current).
 pub fn weights_to_bytes(net: &TriplanarNet) -> Result<Vec<u8>> {
     weights_to_bytes_of(net)
 }

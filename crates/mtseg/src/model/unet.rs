@@ -10,7 +10,7 @@
 //!
 //! It sees a whole slice, so its context is the whole plane rather than the triplanar
 //! network's 25 voxels. The same weights run over the slices of all three orientations and
-//! their logits are averaged per voxel ([`crate::infer::UNetEngine`]).
+//! their logits are averaged per voxel ([`crate::engine::UNetEngine`]).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};

@@ -3,8 +3,6 @@
 //! checkpointed atomically and resumable to the bit.
 
 pub mod log;
-pub mod loss;
-mod step;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -19,17 +17,14 @@ use serde::{Deserialize, Serialize};
 use crate::data::{self, BalancedSampler, RandomisedTask, TaskDraw, TrainingVolume};
 use crate::datasets::{Modality, Split, Splits, TaskSet, hold_out_validation};
 use crate::device::Hardware;
+use crate::engine::{StepInput, Stepper, dense_engine};
 use crate::error::{Error, Result};
-use crate::infer::dense_engine;
 use crate::model::{
     Architecture, ModelFile, ModelMeta, Network, OutputLayout, Preset, TaskMeta,
     file::{Expected, FORMAT_VERSION},
 };
 use crate::preprocess::Normalization;
 use log::{History, IterationRow, ValidationRow};
-#[cfg(test)]
-pub(crate) use step::burn_loss;
-pub use step::{DataParallel, StepInput, Stepper};
 use validate::ValidationCase;
 
 /// Validation cases are cropped to this many voxels per axis.

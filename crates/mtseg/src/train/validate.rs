@@ -3,9 +3,10 @@
 
 use crate::data::TrainingVolume;
 use crate::datasets::LabelSpace;
+use crate::engine::{Dense, DenseSettings, NetworkInput};
 use crate::eval::dice;
 use crate::infer::postprocess::keep_largest_component;
-use crate::infer::{Dense, DenseSettings, NetworkInput, TaskChoice, segment};
+use crate::infer::{TaskChoice, segment};
 use crate::model::{OutputLayout, OutputMode};
 
 use super::log::ValidationRow;

@@ -52,7 +52,7 @@ pub struct Sampled {
 
 /// What `segment` needs from a network: class and task logits for every voxel, handed over
 /// slab by slab along z (the triplanar engines through [`for_each_slab`], the U-Net through
-/// [`crate::infer::UNetEngine`]).
+/// [`crate::engine::UNetEngine`]).
 pub trait Dense: Sync {
     /// Class logits per voxel.
     fn logit_channels(&self) -> usize;
@@ -131,7 +131,7 @@ impl DenseSettings {
 
 /// A volume in network layout (canonical RAS, the task's spacing, normalised): the view the
 /// U-Net's slices are cut from too.
-pub use crate::data::slices::VolumeView as NetworkInput;
+pub use crate::model::slices::VolumeView as NetworkInput;
 
 impl NetworkInput<'_> {
     #[inline]

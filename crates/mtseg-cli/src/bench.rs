@@ -17,17 +17,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::data::Batch;
-use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
-use crate::device::Hardware;
-use crate::engine::matmul;
-use crate::error::{Error, Result};
-use crate::infer::{DenseSettings, Engine, NetworkInput, TaskChoice, segment, triplanar_engine};
-use crate::model::{
+use mtseg::data::Batch;
+use mtseg::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
+use mtseg::device::Hardware;
+use mtseg::engine::matmul;
+use mtseg::engine::{DenseSettings, Engine, NetworkInput, triplanar_engine};
+use mtseg::error::{Error, Result};
+use mtseg::infer::{TaskChoice, segment};
+use mtseg::model::{
     self, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
     file::FORMAT_VERSION,
 };
-use crate::preprocess::{Normalization, Preprocessing};
+use mtseg::preprocess::{Normalization, Preprocessing};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -206,13 +207,13 @@ fn train_seconds(
     device: &Device,
 ) -> Result<f64> {
     let mut net = model::init_network(meta, 1, &device.clone().autodiff());
-    let stepper = crate::train::Stepper::new(hardware, vec![device.clone()]);
+    let stepper = mtseg::engine::Stepper::new(hardware, vec![device.clone()]);
     let mut optimizer: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-8).init();
     let config = &meta.training;
     let mut times = Vec::new();
     for i in 0..repetitions + 1 {
         let start = Instant::now();
-        let input = crate::train::StepInput {
+        let input = mtseg::engine::StepInput {
             batch,
             layout: &meta.layout,
             config,
@@ -502,7 +503,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
     Ok(BenchReport {
         quick: options.quick,
         device: options.hardware.to_string(),
-        gpu: crate::device::gpu_name(&device),
+        gpu: mtseg::device::gpu_name(&device),
         cpu: cpu_name(),
         threads: rayon::current_num_threads(),
         sgemm_gflops: sgemm,
@@ -673,7 +674,7 @@ fn unet_bench_meta(quick: bool) -> ModelMeta {
 /// Seconds per U-Net training step on `crops`, median of `repetitions` after one warm-up.
 fn unet_train_seconds(
     meta: &ModelMeta,
-    crops: &crate::data::Crops,
+    crops: &mtseg::data::Crops,
     repetitions: usize,
     hardware: Hardware,
     device: &Device,
@@ -682,7 +683,7 @@ fn unet_train_seconds(
     else {
         unreachable!("a U-Net configuration gives a U-Net")
     };
-    let stepper = crate::train::Stepper::new(hardware, vec![device.clone()]);
+    let stepper = mtseg::engine::Stepper::new(hardware, vec![device.clone()]);
     let mut optimizer: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-8).init();
     let mut times = Vec::new();
     for i in 0..repetitions + 1 {
@@ -719,10 +720,10 @@ pub fn run_unet(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resul
     progress("U-Net training, 18 crops of 96x96");
     let side = if options.quick { 16 } else { 96 };
     let tasks: Vec<usize> = (0..18).map(|c| c / 6).collect();
-    let crops = crate::data::Crops {
+    let crops = mtseg::data::Crops {
         count: tasks.len(),
         side,
-        images: (0..tasks.len() * crate::model::unet::INPUT_CHANNELS * side * side)
+        images: (0..tasks.len() * mtseg::model::unet::INPUT_CHANNELS * side * side)
             .map(|_| rng.random::<f32>() * 2.0 - 1.0)
             .collect(),
         targets: tasks
@@ -748,7 +749,7 @@ pub fn run_unet(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resul
         [120, 120, 90]
     };
     let net = model::Network::init(&meta, 3, &device).valid();
-    let (engine, mut settings) = crate::infer::dense_engine(&net, options.hardware, &device);
+    let (engine, mut settings) = mtseg::engine::dense_engine(&net, options.hardware, &device);
     settings.slice_batch = 16;
     let volume: Vec<f32> = (0..shape.iter().product::<usize>())
         .map(|_| rng.random::<f32>())
@@ -778,7 +779,7 @@ pub fn run_unet(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resul
     Ok(UNetBenchReport {
         quick: options.quick,
         device: options.hardware.to_string(),
-        gpu: crate::device::gpu_name(&device),
+        gpu: mtseg::device::gpu_name(&device),
         cpu: cpu_name(),
         threads: rayon::current_num_threads(),
         train_samples_per_s: step.map(|s| crops.count as f64 / s),

@@ -8,8 +8,8 @@ use burn::prelude::*;
 
 use super::burn_engine::values;
 use super::dense::{Dense, DenseSettings, NetworkInput, OnSlab, Sampled};
-use crate::data::slices;
 use crate::engine::FoldedUNet;
+use crate::model::slices;
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{Orientation, UNet};
 

@@ -6,13 +6,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::device::Hardware;
-use crate::error::{Error, Result};
-use crate::experiment::{self, ExperimentObserver, ExperimentRequest, ResultsTable};
-use crate::io;
-use crate::model::Preset;
-use crate::phantoms::{self, PhantomOptions, PhantomTask};
-use crate::report::overlay::{Plane, View, save_png, side_by_side};
+use mtseg::device::Hardware;
+use mtseg::error::{Error, Result};
+use mtseg::experiment::{self, ExperimentObserver, ExperimentRequest, ResultsTable};
+use mtseg::io;
+use mtseg::model::Preset;
+use mtseg::phantoms::{self, PhantomOptions, PhantomTask};
+use mtseg::report::overlay::{Plane, View, save_png, side_by_side};
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -118,7 +118,7 @@ fn write_overlays(out: &Path, folders: &[PathBuf]) -> Result<Vec<(String, PathBu
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut written = Vec::new();
     for folder in folders {
-        let task = crate::datasets::Task::open(folder)?;
+        let task = mtseg::datasets::Task::open(folder)?;
         let split = experiment::test_split(&task)?;
         let Some(id) = split.test.first() else {
             continue;
