@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::io::{self, Image, LabelMap};
 use crate::model::output::task_probabilities;
 use crate::model::{Model, ModelMeta, OutputMode};
-use crate::preprocess::normalize::{foreground_mask, normalise_over, percentiles};
+use crate::preprocess::normalize::{body_threshold, foreground_mask, normalise_over, percentiles};
 use crate::preprocess::{self, Prepared, Preprocessing};
 
 /// Slices per orientation of the first look at a scan.
@@ -389,7 +389,9 @@ impl Segmenter {
                 .iter()
                 .find(|l| l.preprocessing == meta.tasks[t].preprocessing)
                 .expect("a look per candidate preprocessing");
-            scores[t] = mean_task_probabilities(&look.sampled, meta.tasks.len())[t];
+            scores[t] =
+                mean_task_probabilities(&look.sampled, &look.prepared.image.data, meta.tasks.len())
+                    [t];
         }
         let best = candidates
             .iter()
@@ -726,16 +728,28 @@ fn mean_intensities(
         .collect()
 }
 
-/// The task head's probabilities averaged over the voxels looked at.
-fn mean_task_probabilities(sampled: &Sampled, tasks: usize) -> Vec<f32> {
-    let mut sums = vec![0f64; tasks];
-    let n = sampled.voxels.len().max(1);
-    if sampled.task_logits.is_empty() {
+/// The task head's probabilities averaged over the voxels looked at inside the body of
+/// `image` (the prepared image the look ran on; all voxels looked at if none is): air says
+/// nothing about the task, and a skull-stripped scan is mostly air.
+fn mean_task_probabilities(sampled: &Sampled, image: &[f32], tasks: usize) -> Vec<f32> {
+    if sampled.task_logits.is_empty() || sampled.voxels.is_empty() {
         return vec![0.0; tasks];
     }
-    for voxel in sampled.task_logits.chunks_exact(tasks) {
-        for (sum, p) in sums.iter_mut().zip(task_probabilities(voxel)) {
-            *sum += p as f64;
+    let looked_at: Vec<f32> = sampled.voxels.iter().map(|&v| image[v]).collect();
+    let threshold = body_threshold(&looked_at);
+    let in_body = |value: f32| value > threshold;
+    let anywhere = !looked_at.iter().any(|&v| in_body(v));
+    let mut sums = vec![0f64; tasks];
+    let mut n = 0usize;
+    for (&value, voxel) in looked_at
+        .iter()
+        .zip(sampled.task_logits.chunks_exact(tasks))
+    {
+        if anywhere || in_body(value) {
+            for (sum, p) in sums.iter_mut().zip(task_probabilities(voxel)) {
+                *sum += p as f64;
+            }
+            n += 1;
         }
     }
     sums.iter().map(|s| (s / n as f64) as f32).collect()

@@ -197,11 +197,17 @@ fn window_statistics(values: &[f32]) -> Applied {
     }
 }
 
-/// Body = voxels above 5% of the 1-99 percentile range (air and noise fall below); the
-/// window is the body's 0.5-99.5 percentiles; the z-score uses the clipped body voxels.
-fn mr_parameters(data: &[f32]) -> Applied {
+/// The intensity above which a voxel is in the body: 5% of the 1-99 percentile range of
+/// `data` (air and noise fall below).
+pub fn body_threshold(data: &[f32]) -> f32 {
     let p = percentiles(data, &[1.0, 99.0]);
-    let threshold = p[0] + 0.05 * (p[1] - p[0]);
+    p[0] + 0.05 * (p[1] - p[0])
+}
+
+/// Body = voxels above [`body_threshold`]; the window is the body's 0.5-99.5 percentiles; the
+/// z-score uses the clipped body voxels.
+fn mr_parameters(data: &[f32]) -> Applied {
+    let threshold = body_threshold(data);
     let body: Vec<f32> = data.iter().copied().filter(|&v| v > threshold).collect();
     let body = if body.len() < 16 { data.to_vec() } else { body };
     window_statistics(&body)
