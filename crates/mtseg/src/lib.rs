@@ -6,9 +6,10 @@
 //! The modules are layers, each using only those listed before it (`tests/layers.rs` checks
 //! it):
 //!
-//! 1. [`error`], [`device`]: errors that name the file; the CPU or a GPU.
-//! 2. [`io`]: volumes and their world geometry (NIfTI, NRRD, MetaImage, DICOM in and SEG
-//!    out), reorientation, atomic writes.
+//! 1. [`io`] and [`error`] (the `mtseg-io` crate, without burn): volumes and their world
+//!    geometry (NIfTI, NRRD, MetaImage, DICOM in and SEG out), reorientation, atomic writes;
+//!    errors that name the file.
+//! 2. [`device`]: the CPU or a GPU.
 //! 3. [`datasets`]: nnU-Net raw folders as tasks, label spaces, splits.
 //! 4. [`preprocess`]: resampling, intensity normalisation, filters.
 //! 5. [`report`]: overlays and fonts for pictures; `phantoms` (feature `phantoms`): synthetic
@@ -37,11 +38,9 @@ pub mod data;
 pub mod datasets;
 pub mod device;
 pub mod engine;
-pub mod error;
 pub mod eval;
 pub mod experiment;
 pub mod infer;
-pub mod io;
 pub mod model;
 #[cfg(feature = "phantoms")]
 pub mod phantoms;
@@ -52,4 +51,7 @@ pub mod train;
 #[cfg(test)]
 mod test_support;
 
-pub use error::{Error, Result};
+/// Volumes and their geometry, and the errors every layer returns: the `mtseg-io` crate.
+pub use mtseg_io as io;
+pub use mtseg_io::error;
+pub use mtseg_io::error::{Error, Result};

@@ -5,11 +5,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Bottom to top.
+/// Bottom to top. `error` and `io` are the `mtseg-io` crate (re-exported), below everything
+/// here; Cargo keeps that crate from using this one.
 const LAYERS: &[&str] = &[
     "error",
-    "device",
     "io",
+    "device",
     "datasets",
     "preprocess",
     "report",

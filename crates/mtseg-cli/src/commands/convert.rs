@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use mtseg::io;
 
-/// Convert a volume (NIfTI, NRRD, MetaImage) to NIfTI (.nii or .nii.gz), keeping voxel type,
-/// values and world geometry; a 4-D input stays 4-D unless `--volume` picks one volume.
+/// Convert a volume (NIfTI, NRRD, MetaImage, a DICOM series) to NIfTI (.nii or .nii.gz),
+/// keeping voxel type, values and world geometry; a 4-D input stays 4-D unless `--volume`
+/// picks one volume.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The volume to read (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd).
+    /// The volume to read (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), or a DICOM file or folder
+    /// holding one series.
     input: PathBuf,
     /// The NIfTI file to write (.nii or .nii.gz); never the input.
     output: PathBuf,

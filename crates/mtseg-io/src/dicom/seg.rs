@@ -14,8 +14,8 @@ use dicom_object::meta::FileMetaTableBuilder;
 use rand::Rng;
 
 use super::SeriesInfo;
+use crate::LabelMap;
 use crate::error::{Error, Result};
-use crate::io::LabelMap;
 
 /// One segment: the label value it is made of, and what it is.
 #[derive(Clone, Debug)]
@@ -411,7 +411,7 @@ pub fn write(
     let file = o
         .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
         .map_err(|e| Error::invalid(path, format!("cannot build the DICOM SEG: {e}")))?;
-    crate::io::atomic::write_with(path, |temp| {
+    crate::atomic::write_with(path, |temp| {
         file.write_to_file(temp)
             .map_err(|e| Error::invalid(path, format!("cannot write the DICOM SEG: {e}")))
     })?;

@@ -836,7 +836,7 @@ mod tests {
             let raw = read(&path).unwrap();
             assert_eq!((raw.frames, raw.grid.shape), (frames, grid.shape), "{name}");
             let copy = dir.path().join(format!("copy_{name}"));
-            crate::io::write_raw(&copy, &raw).unwrap();
+            crate::write_raw(&copy, &raw).unwrap();
             let again = read(&copy).unwrap();
             assert_eq!(again.voxels.bytes, raw.voxels.bytes, "{name}");
             assert_eq!(again.frames, frames);
@@ -848,7 +848,7 @@ mod tests {
                 .collect();
             assert_eq!(last.voxels.to_f32(None), expected);
             assert!(raw.volume(&path, frames).is_err());
-            match crate::io::read_image(&path) {
+            match crate::read_image(&path) {
                 Ok(image) => assert_eq!(frames, 1, "{name}: {:?}", image.grid.shape),
                 Err(e) => {
                     assert!(frames > 1);

@@ -1,11 +1,23 @@
-//! Stage 1, io: medical volumes in and out.
+//! mtseg's bottom layer, `mtseg::io`: medical volumes in and out, without the networks (this
+//! crate builds without burn, for tools that only read and write volumes).
 //!
-//! Reads NIfTI-1/2 (`.nii`, `.nii.gz`), NRRD (`.nrrd`, `.nhdr`) and MetaImage (`.mha`,
-//! `.mhd`) into one [`Volume`] type with a RAS+ voxel-to-world affine; writes NIfTI. Every
-//! write is atomic (see [`atomic`]).
+//! Reads NIfTI-1/2 (`.nii`, `.nii.gz`), NRRD (`.nrrd`, `.nhdr`), MetaImage (`.mha`, `.mhd`)
+//! and DICOM series ([`dicom`]) into one [`Volume`] type with a RAS+ voxel-to-world affine;
+//! writes NIfTI and DICOM SEG. Every write is atomic (see [`atomic`]). Errors name the file
+//! ([`error`]).
+//!
+//! ```no_run
+//! # fn main() -> mtseg_io::Result<()> {
+//! let image = mtseg_io::read_image("t1.nii.gz".as_ref())?;
+//! println!("{:?} voxels, axes {:?}", image.grid.shape, mtseg_io::orientation::axcodes(&image.grid.affine));
+//! mtseg_io::write_image("t1_copy.nii".as_ref(), &image)?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod atomic;
 pub mod dicom;
+pub mod error;
 pub mod metaimage;
 pub mod nifti;
 pub mod nrrd;
@@ -18,11 +30,11 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+pub use error::{Error, Result};
 pub use orientation::Reorientation;
 pub use volume::{Affine, DataType, Format, Grid, Image, LabelMap, Provenance, Volume};
 pub use voxels::{RawVoxels, Scaling};
 
-use crate::error::{Error, Result};
 use nifti::Intent;
 
 /// A volume as its file stores it: raw voxels (any type), scaling, grid and provenance. A

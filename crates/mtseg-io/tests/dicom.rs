@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mtseg::io::{self, Reorientation, Volume};
+use mtseg_io::{self as io, Reorientation, Volume};
 
 fn dcm_qa() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/DICOM_dcm_qa");

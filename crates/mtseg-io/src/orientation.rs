@@ -156,7 +156,7 @@ impl Reorientation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::volume::DataType;
+    use crate::volume::DataType;
 
     fn grid_with(columns: [[f64; 3]; 3], shape: [usize; 3]) -> Grid {
         let mut a = Affine::identity();
