@@ -13,6 +13,7 @@
 //! DICOM's LPS to mtseg's RAS.
 
 mod csa;
+mod lengths;
 pub mod seg;
 
 use std::collections::BTreeMap;
@@ -250,6 +251,7 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> Error {
 
 /// The frames one DICOM file contributes (its header read up to the pixel data).
 fn frames_of(path: &Path) -> Result<(Vec<Frame>, InMemDicomObject)> {
+    lengths::check(path)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)

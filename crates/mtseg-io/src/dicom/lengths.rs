@@ -1,0 +1,313 @@
+//! A walk over a DICOM file's element headers that refuses a value declared longer than the
+//! rest of the file, before dicom-rs parses it: dicom-parser 0.10 reserves and zero-fills a
+//! value's declared length before reading it, so a 600-byte file declaring a 4 GB value would
+//! cost 4 GB of memory (found by `fuzz/fuzz_targets/dicom.rs`). Only headers are read; values
+//! are skipped. Deflated data sets are left to dicom-rs (their lengths are inside the stream).
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+
+use dicom_core::Tag;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::header::VR;
+use dicom_dictionary_std::StandardDataDictionary;
+
+use crate::error::{Error, Result};
+
+const IMPLICIT_LITTLE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_BIG: &str = "1.2.840.10008.1.2.2";
+const DEFLATED: &[&str] = &["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"];
+const UNDEFINED: u32 = u32::MAX;
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    ExplicitLittle,
+    ImplicitLittle,
+    ExplicitBig,
+}
+
+struct Walker<R> {
+    from: R,
+    position: u64,
+    end: u64,
+}
+
+impl<R: Read + Seek> Walker<R> {
+    /// `n` bytes, or `None` at the end of the file (a truncated header is dicom-rs's to report).
+    fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        self.from.read_exact(&mut b).ok()?;
+        self.position += N as u64;
+        Some(b)
+    }
+
+    fn u16(&mut self, big: bool) -> Option<u16> {
+        self.bytes::<2>().map(|b| {
+            if big {
+                u16::from_be_bytes(b)
+            } else {
+                u16::from_le_bytes(b)
+            }
+        })
+    }
+
+    fn u32(&mut self, big: bool) -> Option<u32> {
+        self.bytes::<4>().map(|b| {
+            if big {
+                u32::from_be_bytes(b)
+            } else {
+                u32::from_le_bytes(b)
+            }
+        })
+    }
+
+    fn skip(&mut self, n: u32) -> Option<()> {
+        self.from.seek_relative(n as i64).ok()?;
+        self.position += n as u64;
+        Some(())
+    }
+
+    /// One element header: tag, VR (explicit encodings; the dictionary's for implicit), and
+    /// declared length.
+    fn header(&mut self, encoding: Encoding) -> Option<((u16, u16), Option<VR>, u32)> {
+        let big = encoding == Encoding::ExplicitBig;
+        let tag = (self.u16(big)?, self.u16(big)?);
+        if tag.0 == 0xFFFE {
+            // Items and delimiters: no VR in any encoding.
+            return Some((tag, None, self.u32(big)?));
+        }
+        if encoding == Encoding::ImplicitLittle {
+            let vr = StandardDataDictionary
+                .by_tag(Tag(tag.0, tag.1))
+                .and_then(|e| e.vr().exact());
+            return Some((tag, vr, self.u32(false)?));
+        }
+        let code = self.bytes::<2>()?;
+        let vr = VR::from_binary(code);
+        let long = matches!(
+            vr,
+            Some(
+                VR::OB
+                    | VR::OD
+                    | VR::OF
+                    | VR::OL
+                    | VR::OV
+                    | VR::OW
+                    | VR::SQ
+                    | VR::SV
+                    | VR::UC
+                    | VR::UN
+                    | VR::UR
+                    | VR::UT
+                    | VR::UV
+            )
+        );
+        let length = if long {
+            self.skip(2)?;
+            self.u32(big)?
+        } else {
+            u32::from(self.u16(big)?)
+        };
+        Some((tag, vr, length))
+    }
+
+    /// Walks the elements to the end of the file; the first value declared beyond it is an
+    /// error. Sequences and their items are walked into (their elements are checked too); the
+    /// fragments of encapsulated pixel data are skipped.
+    fn walk(&mut self, encoding: Encoding, path: &Path) -> Result<()> {
+        let mut in_fragments = false;
+        while let Some((tag, vr, length)) = self.header(encoding) {
+            if length == UNDEFINED {
+                in_fragments |= tag == PIXEL_DATA;
+                continue;
+            }
+            if u64::from(length) > self.end.saturating_sub(self.position) {
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "element ({:04X},{:04X}) declares {length} bytes at offset {}, beyond \
+                         the end of the file ({} bytes)",
+                        tag.0, tag.1, self.position, self.end
+                    ),
+                ));
+            }
+            let walk_into = match tag {
+                (0xFFFE, 0xE0DD) => {
+                    in_fragments = false;
+                    true
+                }
+                (0xFFFE, 0xE000) => !in_fragments,
+                (0xFFFE, _) => true,
+                _ => vr == Some(VR::SQ),
+            };
+            if !walk_into && self.skip(length).is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses `path` if one of its data elements declares a value longer than what follows it in
+/// the file (see the module's comment). Files that are not DICOM are left to the parser.
+pub fn check(path: &Path) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let end = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut w = Walker {
+        from: BufReader::new(file),
+        position: 0,
+        end,
+    };
+    // The 128-byte preamble and "DICM" (dicom-rs also reads files without the preamble).
+    let start: u64 = match w.bytes::<132>() {
+        Some(b) if &b[128..] == b"DICM" => 132,
+        _ => {
+            let mut from = w.from.into_inner();
+            from.rewind().map_err(|e| Error::io(path, e))?;
+            w = Walker {
+                from: BufReader::new(from),
+                position: 0,
+                end,
+            };
+            match w.bytes::<4>() {
+                Some(b) if &b == b"DICM" => 4,
+                _ => return Ok(()),
+            }
+        }
+    };
+    w.position = start;
+    // The file meta group: explicit VR little endian, group 0002; it names the data set's
+    // transfer syntax.
+    let mut transfer_syntax = String::new();
+    loop {
+        let before = w.position;
+        let Some((tag, _, length)) = w.header(Encoding::ExplicitLittle) else {
+            return Ok(());
+        };
+        if tag.0 != 0x0002 {
+            // The data set begins: read its first header again in its own encoding.
+            w.from
+                .seek_relative(before as i64 - w.position as i64)
+                .map_err(|e| Error::io(path, e))?;
+            w.position = before;
+            break;
+        }
+        if length == UNDEFINED || u64::from(length) > end.saturating_sub(w.position) {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "its file meta element (0002,{:04X}) declares {length} bytes",
+                    tag.1
+                ),
+            ));
+        }
+        if tag.1 == 0x0010 && length <= 64 {
+            let mut uid = vec![0u8; length as usize];
+            if w.from.read_exact(&mut uid).is_err() {
+                return Ok(());
+            }
+            w.position += u64::from(length);
+            transfer_syntax = String::from_utf8_lossy(&uid)
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        } else if w.skip(length).is_none() {
+            return Ok(());
+        }
+    }
+    let encoding = match transfer_syntax.as_str() {
+        t if DEFLATED.contains(&t) => return Ok(()),
+        IMPLICIT_LITTLE => Encoding::ImplicitLittle,
+        EXPLICIT_BIG => Encoding::ExplicitBig,
+        _ => Encoding::ExplicitLittle,
+    };
+    w.walk(encoding, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file meta group (explicit VR little endian) naming `transfer_syntax`, then `data_set`.
+    fn file(transfer_syntax: &str, data_set: &[u8]) -> Vec<u8> {
+        let mut uid = transfer_syntax.as_bytes().to_vec();
+        if uid.len() % 2 == 1 {
+            uid.push(0);
+        }
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        bytes.extend_from_slice(&(uid.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(&uid);
+        bytes.extend_from_slice(data_set);
+        bytes
+    }
+
+    fn checked(bytes: &[u8]) -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.dcm");
+        std::fs::write(&path, bytes).unwrap();
+        check(&path)
+    }
+
+    #[test]
+    fn values_within_the_file_pass_and_a_value_beyond_it_is_refused() {
+        // (0010,0010) PN "DOE^J " then (7FE0,0010) OW of 4 bytes.
+        let mut good = vec![0x10, 0x00, 0x10, 0x00, b'P', b'N', 6, 0];
+        good.extend_from_slice(b"DOE^J ");
+        good.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 4, 0, 0, 0]);
+        good.extend_from_slice(&[1, 2, 3, 4]);
+        checked(&file("1.2.840.10008.1.2.1", &good)).unwrap();
+
+        // The same pixel data declaring 4 GB - 2 bytes.
+        let n = good.len();
+        let mut bad = good.clone();
+        bad[n - 8..n - 4].copy_from_slice(&0xFFFF_FFFEu32.to_le_bytes());
+        let e = checked(&file("1.2.840.10008.1.2.1", &bad)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("(7FE0,0010) declares 4294967294 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sequences_are_walked_into_and_fragments_skipped() {
+        // An undefined-length sequence whose one item holds an element declared too long.
+        let mut seq = vec![
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        seq.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        seq.extend_from_slice(&[0x08, 0x00, 0x50, 0x11, b'U', b'I', 0x00, 0x40]);
+        let e = checked(&file("1.2.840.10008.1.2.1", &seq)).unwrap_err();
+        assert!(e.to_string().contains("(0008,1150)"), "{e}");
+
+        // Encapsulated pixel data: an offset table and a fragment whose bytes look like a
+        // header declaring 4 GB are skipped, not read as elements.
+        let mut pixels = vec![
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        pixels.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        pixels.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 12, 0, 0, 0]);
+        pixels.extend_from_slice(&[
+            0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ]);
+        pixels.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        checked(&file("1.2.840.10008.1.2.4.70", &pixels)).unwrap();
+    }
+
+    #[test]
+    fn implicit_sequences_are_found_in_the_dictionary() {
+        // Implicit VR: (0008,1115) is a sequence by the dictionary; defined length 16, one
+        // item of 8 bytes holding (0008,1150) declaring 1 GB.
+        let mut seq = vec![0x08, 0x00, 0x15, 0x11, 16, 0, 0, 0];
+        seq.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 8, 0, 0, 0]);
+        seq.extend_from_slice(&[0x08, 0x00, 0x50, 0x11, 0, 0, 0, 0x40]);
+        let e = checked(&file("1.2.840.10008.1.2", &seq)).unwrap_err();
+        assert!(
+            e.to_string().contains("(0008,1150) declares 1073741824"),
+            "{e}"
+        );
+    }
+}
