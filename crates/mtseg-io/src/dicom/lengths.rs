@@ -84,25 +84,31 @@ impl<R: Read + Seek> Walker<R> {
                 .and_then(|e| e.vr().exact());
             return Some((tag, vr, self.u32(false)?));
         }
-        let code = self.bytes::<2>()?;
-        let vr = VR::from_binary(code);
-        let long = matches!(
+        // As dicom-rs reads it: an unknown VR is UN, and only these VRs have 2-byte lengths.
+        let vr = VR::from_binary(self.bytes::<2>()?).unwrap_or(VR::UN);
+        let long = !matches!(
             vr,
-            Some(
-                VR::OB
-                    | VR::OD
-                    | VR::OF
-                    | VR::OL
-                    | VR::OV
-                    | VR::OW
-                    | VR::SQ
-                    | VR::SV
-                    | VR::UC
-                    | VR::UN
-                    | VR::UR
-                    | VR::UT
-                    | VR::UV
-            )
+            VR::AE
+                | VR::AS
+                | VR::AT
+                | VR::CS
+                | VR::DA
+                | VR::DS
+                | VR::DT
+                | VR::FL
+                | VR::FD
+                | VR::IS
+                | VR::LO
+                | VR::LT
+                | VR::PN
+                | VR::SH
+                | VR::SL
+                | VR::SS
+                | VR::ST
+                | VR::TM
+                | VR::UI
+                | VR::UL
+                | VR::US
         );
         let length = if long {
             self.skip(2)?;
@@ -110,7 +116,7 @@ impl<R: Read + Seek> Walker<R> {
         } else {
             u32::from(self.u16(big)?)
         };
-        Some((tag, vr, length))
+        Some((tag, Some(vr), length))
     }
 
     /// Walks the elements to the end of the file; the first value declared beyond it is an
