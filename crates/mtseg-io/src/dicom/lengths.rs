@@ -184,32 +184,32 @@ pub fn check(path: &Path) -> Result<()> {
         }
     };
     w.position = start;
-    // The file meta group: explicit VR little endian, group 0002; it names the data set's
-    // transfer syntax.
+    // The file meta group, as dicom-rs reads it: explicit VR little endian, its group length
+    // (0002,0000) first, then elements until that many bytes are read; it names the data
+    // set's transfer syntax. Without a group length dicom-rs refuses the file itself.
+    let group_length = match w.header(Encoding::ExplicitLittle) {
+        Some(((0x0002, 0x0000), _, 4)) => match w.u32(false) {
+            Some(n) => u64::from(n),
+            None => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let meta_start = w.position;
     let mut transfer_syntax = String::new();
-    loop {
-        let before = w.position;
+    while w.position - meta_start < group_length {
         let Some((tag, _, length)) = w.header(Encoding::ExplicitLittle) else {
             return Ok(());
         };
-        if tag.0 != 0x0002 {
-            // The data set begins: read its first header again in its own encoding.
-            w.from
-                .seek_relative(before as i64 - w.position as i64)
-                .map_err(|e| Error::io(path, e))?;
-            w.position = before;
-            break;
-        }
         if length == UNDEFINED || u64::from(length) > end.saturating_sub(w.position) {
             return Err(Error::invalid(
                 path,
                 format!(
-                    "its file meta element (0002,{:04X}) declares {length} bytes",
-                    tag.1
+                    "its file meta element ({:04X},{:04X}) declares {length} bytes",
+                    tag.0, tag.1
                 ),
             ));
         }
-        if tag.1 == 0x0010 && length <= 64 {
+        if tag == (0x0002, 0x0010) && length <= 64 {
             let mut uid = vec![0u8; length as usize];
             if w.from.read_exact(&mut uid).is_err() {
                 return Ok(());
@@ -243,6 +243,8 @@ mod tests {
         }
         let mut bytes = vec![0u8; 128];
         bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        bytes.extend_from_slice(&(8 + uid.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
         bytes.extend_from_slice(&(uid.len() as u16).to_le_bytes());
         bytes.extend_from_slice(&uid);
