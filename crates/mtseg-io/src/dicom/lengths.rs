@@ -167,23 +167,13 @@ pub fn check(path: &Path) -> Result<()> {
         end,
     };
     // The 128-byte preamble and "DICM" (dicom-rs also reads files without the preamble).
-    let start: u64 = match w.bytes::<132>() {
-        Some(b) if &b[128..] == b"DICM" => 132,
-        _ => {
-            let mut from = w.from.into_inner();
-            from.rewind().map_err(|e| Error::io(path, e))?;
-            w = Walker {
-                from: BufReader::new(from),
-                position: 0,
-                end,
-            };
-            match w.bytes::<4>() {
-                Some(b) if &b == b"DICM" => 4,
-                _ => return Ok(()),
-            }
+    if w.bytes::<132>().is_none_or(|b| &b[128..] != b"DICM") {
+        w.from.rewind().map_err(|e| Error::io(path, e))?;
+        w.position = 0;
+        if w.bytes::<4>() != Some(*b"DICM") {
+            return Ok(());
         }
-    };
-    w.position = start;
+    }
     // The file meta group, as dicom-rs reads it: explicit VR little endian, its group length
     // (0002,0000) first, then elements until that many bytes are read; it names the data
     // set's transfer syntax. Without a group length dicom-rs refuses the file itself.
@@ -278,6 +268,11 @@ mod tests {
                 .contains("(7FE0,0010) declares 4294967294 bytes"),
             "{e}"
         );
+
+        // The same files without the 128-byte preamble.
+        checked(&file("1.2.840.10008.1.2.1", &good)[128..]).unwrap();
+        let e = checked(&file("1.2.840.10008.1.2.1", &bad)[128..]).unwrap_err();
+        assert!(e.to_string().contains("(7FE0,0010)"), "{e}");
     }
 
     #[test]
