@@ -216,9 +216,9 @@ impl FoldedUNet {
         self.task.as_ref().map_or(0, |t| t.outputs)
     }
 
-    /// Like [`UNet::forward`], on `n` slice stacks of `h x w` (channel-major, as burn's
-    /// `[n, 3, h, w]`): the class and task logits, `[n, channels, h, w]` and `[n,
-    /// task_channels, h, w]`.
+    /// Like [`UNet::forward`], on `n` slice stacks of `h x w` in the kernels' layout, pixels
+    /// first (`[n, h, w, 3]`, [`crate::model::slices::pixel_stack`]): the class and task
+    /// logits, `[n, h, w, channels]` and `[n, h, w, task_channels]`.
     pub fn forward(&self, stacks: &[f32], n: usize, h: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
         let plane = h * w;
         assert_eq!(stacks.len(), n * INPUT_CHANNELS * plane, "slice stacks");
@@ -230,10 +230,10 @@ impl FoldedUNet {
             .zip(classes.par_chunks_mut(c * plane))
             .zip(tasks.par_chunks_mut((tc * plane).max(1)))
             .for_each(|((stack, classes), tasks)| {
-                let features = self.features(&channels_last(stack, INPUT_CHANNELS, plane), h, w);
-                channels_first(&self.classes.forward(&features, plane, 1), c, classes);
+                let features = self.features(stack, h, w);
+                classes.copy_from_slice(&self.classes.forward(&features, plane, 1));
                 if let Some(task) = &self.task {
-                    channels_first(&task.forward(&features, plane, 1), tc, tasks);
+                    tasks.copy_from_slice(&task.forward(&features, plane, 1));
                 }
             });
         (classes, tasks)
@@ -266,27 +266,6 @@ impl FoldedUNet {
             x = block.forward(&x, h, w);
         }
         x
-    }
-}
-
-/// `channels x pixels` to `pixels x channels`.
-pub(super) fn channels_last(x: &[f32], channels: usize, pixels: usize) -> Vec<f32> {
-    let mut out = vec![0f32; channels * pixels];
-    for (c, plane) in x.chunks(pixels).enumerate() {
-        for (p, v) in plane.iter().enumerate() {
-            out[p * channels + c] = *v;
-        }
-    }
-    out
-}
-
-/// `pixels x channels` into `out`, `channels x pixels`.
-fn channels_first(x: &[f32], channels: usize, out: &mut [f32]) {
-    let pixels = x.len() / channels;
-    for (p, values) in x.chunks(channels).enumerate() {
-        for (c, v) in values.iter().enumerate() {
-            out[c * pixels + p] = *v;
-        }
     }
 }
 
@@ -330,9 +309,11 @@ mod tests {
                 Distribution::Normal(0.0, 1.0),
                 &device,
             );
-            let input = values(x.clone());
+            // The kernels' layout, pixels first; burn's is channels first.
+            let input = values(x.clone().permute([0, 2, 3, 1]));
             let (logits, task_logits) = net.forward(x);
-            let (expected, expected_task) = (values(logits), values(task_logits.unwrap()));
+            let last = |t: Tensor<4>| values(t.permute([0, 2, 3, 1]));
+            let (expected, expected_task) = (last(logits), last(task_logits.unwrap()));
             let (got, got_task) = FoldedUNet::from_burn(&net).forward(&input, n, h, w);
             for (name, got, expected) in [
                 ("classes", got, expected),

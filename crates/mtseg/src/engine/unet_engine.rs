@@ -54,16 +54,18 @@ impl UNetEngine {
         }
     }
 
-    /// Class and task logits (`[n, channels, h, w]`, `[n, task channels, h, w]`) of `n` slice
-    /// stacks of `h x w`.
+    /// Class and task logits (`[n, h, w, channels]`, `[n, h, w, task channels]`) of `n` slice
+    /// stacks of `h x w`, pixels first (`[n, h, w, 3]`).
     fn forward(&self, stacks: Vec<f32>, n: usize, h: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
         match &self.runner {
             Runner::Cpu(folded) => folded.forward(&stacks, n, h, w),
             Runner::Burn { net, device } => {
-                let shape = [n, INPUT_CHANNELS, h, w];
+                // burn's convolutions take channels first: permuted on the device.
+                let shape = [n, h, w, INPUT_CHANNELS];
                 let x = Tensor::<4>::from_data(TensorData::new(stacks, shape), device);
-                let (logits, task_logits) = net.forward(x);
-                (values(logits), task_logits.map(values).unwrap_or_default())
+                let (logits, task_logits) = net.forward(x.permute([0, 3, 1, 2]));
+                let last = |t: Tensor<4>| values(t.permute([0, 2, 3, 1]));
+                (last(logits), task_logits.map(last).unwrap_or_default())
             }
         }
     }
@@ -96,18 +98,22 @@ impl UNetEngine {
             let last = (first + batch.max(1)).min(count);
             let mut stacks = Vec::with_capacity((last - first) * INPUT_CHANNELS * plane);
             for s in first..last {
-                slices::stack(*input, o, s as isize, [0, 0], size, &mut stacks);
+                slices::pixel_stack(*input, o, s as isize, [0, 0], size, &mut stacks);
             }
             let (logits, task_logits) = self.forward(stacks, last - first, size[0], size[1]);
             for (i, s) in (first..last).enumerate() {
                 let mut p = 0;
                 slices::window_of(input.shape, o, s as isize, [0, 0], size, |voxel| {
                     if let Some(v) = voxel {
-                        for k in 0..c {
-                            classes[v * c + k] += logits[(i * c + k) * plane + p] / 3.0;
+                        let at = i * plane + p;
+                        for (sum, l) in classes[v * c..][..c].iter_mut().zip(&logits[at * c..]) {
+                            *sum += l / 3.0;
                         }
-                        for k in 0..tc {
-                            tasks[v * tc + k] += task_logits[(i * tc + k) * plane + p] / 3.0;
+                        for (sum, l) in tasks[v * tc..][..tc]
+                            .iter_mut()
+                            .zip(&task_logits[at * tc..])
+                        {
+                            *sum += l / 3.0;
                         }
                     }
                     p += 1;
@@ -158,20 +164,19 @@ impl Dense for UNetEngine {
             for batch in positions.chunks(settings.slice_batch.max(1)) {
                 let mut stacks = Vec::with_capacity(batch.len() * INPUT_CHANNELS * plane);
                 for &s in batch {
-                    slices::stack(*input, o, s as isize, [0, 0], size, &mut stacks);
+                    slices::pixel_stack(*input, o, s as isize, [0, 0], size, &mut stacks);
                 }
                 let (logits, task_logits) = self.forward(stacks, batch.len(), size[0], size[1]);
                 for (i, &s) in batch.iter().enumerate() {
                     let mut p = 0;
                     slices::window_of(input.shape, o, s as isize, [0, 0], size, |voxel| {
                         if let Some(v) = voxel {
+                            let at = i * plane + p;
                             sampled.voxels.push(v);
-                            sampled
-                                .logits
-                                .extend((0..c).map(|k| logits[(i * c + k) * plane + p]));
+                            sampled.logits.extend_from_slice(&logits[at * c..][..c]);
                             sampled
                                 .task_logits
-                                .extend((0..tc).map(|k| task_logits[(i * tc + k) * plane + p]));
+                                .extend_from_slice(&task_logits[at * tc..][..tc]);
                         }
                         p += 1;
                     });

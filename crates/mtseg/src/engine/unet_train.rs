@@ -24,7 +24,7 @@ use super::train::{
     add_channel_sums, add_soft_dice, batch_statistics, dense_backward, moved_towards,
     norm_gradients, normalise_and_relu, softmax_cross_entropy, sum_in_order,
 };
-use super::unet::{UpConv, channels_last, conv_and_norm, max_pool, pad_by_one, pixelwise};
+use super::unet::{UpConv, conv_and_norm, max_pool, pad_by_one, pixelwise};
 use super::winograd::PreparedConv;
 use crate::data::Crops;
 use crate::engine::loss::task_runs;
@@ -739,6 +739,18 @@ pub fn unet_train_step(
         classes,
         task,
     }
+}
+
+/// `channels x pixels` to `pixels x channels`: the crops come as burn's autodiff step takes
+/// them, the kernels compute pixels first.
+fn channels_last(x: &[f32], channels: usize, pixels: usize) -> Vec<f32> {
+    let mut out = vec![0f32; channels * pixels];
+    for (c, plane) in x.chunks(pixels).enumerate() {
+        for (p, v) in plane.iter().enumerate() {
+            out[p * channels + c] = *v;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

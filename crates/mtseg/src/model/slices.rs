@@ -38,6 +38,31 @@ pub fn stack(
     );
 }
 
+/// [`stack`] pixel-major: for each position of the window (row-major), the slice and its
+/// neighbours as `INPUT_CHANNELS` consecutive values. The layout mtseg's CPU kernels compute
+/// in, so inference cuts its slices this way and never transposes them.
+pub fn pixel_stack(
+    volume: VolumeView,
+    o: Orientation,
+    slice: isize,
+    window: [isize; 2],
+    size: [usize; 2],
+    out: &mut Vec<f32>,
+) {
+    let start = out.len();
+    out.resize(start + size[0] * size[1] * INPUT_CHANNELS, volume.pad);
+    let context = CONTEXT_SLICES as isize;
+    for (channel, s) in (slice - context..=slice + context).enumerate() {
+        let mut at = start + channel;
+        window_of(volume.shape, o, s, window, size, |index| {
+            if let Some(i) = index {
+                out[at] = volume.image[i];
+            }
+            at += INPUT_CHANNELS;
+        });
+    }
+}
+
 /// The window of each slice of `slices`, appended slice-major then row-major.
 fn cut(
     volume: VolumeView,
@@ -148,6 +173,28 @@ mod tests {
         assert_eq!(out[..4], [4.0, 10.0, -1.0, -1.0]);
         assert_eq!(out[4..8], [5.0, 11.0, -1.0, -1.0]);
         assert_eq!(out[8..], [-1.0; 4]);
+    }
+
+    #[test]
+    fn pixel_stacks_are_stacks_with_the_slices_interleaved() {
+        let image: Vec<f32> = (0..60).map(|v| v as f32).collect();
+        let view = VolumeView {
+            image: &image,
+            shape: [3, 4, 5],
+            pad: -1.0,
+        };
+        for o in Orientation::ALL {
+            for (slice, window) in [(0, [0, 0]), (2, [-1, 1]), (4, [1, -2])] {
+                let (mut by_slice, mut by_pixel) = (Vec::new(), Vec::new());
+                stack(view, o, slice, window, [3, 4], &mut by_slice);
+                pixel_stack(view, o, slice, window, [3, 4], &mut by_pixel);
+                let interleaved: Vec<f32> = (0..12)
+                    .flat_map(|p| (0..INPUT_CHANNELS).map(move |c| (c, p)))
+                    .map(|(c, p)| by_slice[c * 12 + p])
+                    .collect();
+                assert_eq!(by_pixel, interleaved, "{o:?} slice {slice}");
+            }
+        }
     }
 
     #[test]
