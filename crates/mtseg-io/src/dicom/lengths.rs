@@ -79,10 +79,16 @@ impl<R: Read + Seek> Walker<R> {
             return Some((tag, None, self.u32(big)?));
         }
         if encoding == Encoding::ImplicitLittle {
-            let vr = StandardDataDictionary
-                .by_tag(Tag(tag.0, tag.1))
-                .and_then(|e| e.vr().exact());
-            return Some((tag, vr, self.u32(false)?));
+            // As dicom-rs resolves it: pixel and overlay data are OW, the rest the dictionary's
+            // VR (its first choice where several are allowed), UN when the tag is unknown.
+            let vr = if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+                VR::OW
+            } else {
+                StandardDataDictionary
+                    .by_tag(Tag(tag.0, tag.1))
+                    .map_or(VR::UN, |e| e.vr().relaxed())
+            };
+            return Some((tag, Some(vr), self.u32(false)?));
         }
         // As dicom-rs reads it: an unknown VR is UN, and only these VRs have 2-byte lengths.
         let vr = VR::from_binary(self.bytes::<2>()?).unwrap_or(VR::UN);
@@ -148,12 +154,27 @@ impl<R: Read + Seek> Walker<R> {
                 (0xFFFE, _) => true,
                 _ => vr == Some(VR::SQ),
             };
-            if !walk_into && self.skip(length).is_none() {
+            if !walk_into && self.skip(bytes_read(vr, length)).is_none() {
                 break;
             }
         }
         Ok(())
     }
+}
+
+/// How many bytes of a value dicom-parser 0.10 reads: binary numbers are read whole, so a
+/// length that is not a multiple of the number's size leaves its last bytes unread, and the
+/// next element header is read from there (found by the fuzz target: a UL value of 26 bytes
+/// shifted the rest of the file by two bytes, and a value length read from the shifted bytes
+/// asked for 4 GB).
+fn bytes_read(vr: Option<VR>, length: u32) -> u32 {
+    let size = match vr {
+        Some(VR::US | VR::SS | VR::OW) => 2,
+        Some(VR::UL | VR::SL | VR::FL | VR::OF | VR::OL | VR::AT) => 4,
+        Some(VR::FD | VR::OD | VR::SV | VR::UV | VR::OV) => 8,
+        _ => 1,
+    };
+    length - length % size
 }
 
 /// Refuses `path` if one of its data elements declares a value longer than what follows it in
@@ -298,6 +319,21 @@ mod tests {
         ]);
         pixels.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         checked(&file("1.2.840.10008.1.2.4.70", &pixels)).unwrap();
+    }
+
+    #[test]
+    fn numbers_are_walked_as_dicom_rs_reads_them() {
+        // (0008,0016) UL declaring 6 bytes: dicom-rs reads one 4-byte number, so the next
+        // header starts two bytes into the declared value, and declares 2 GB.
+        let mut shifted = vec![0x08, 0x00, 0x16, 0x00, b'U', b'L', 6, 0, 1, 0, 0, 0];
+        shifted.extend_from_slice(&[
+            0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ]);
+        let e = checked(&file("1.2.840.10008.1.2.1", &shifted)).unwrap_err();
+        assert!(
+            e.to_string().contains("(0010,0010) declares 2147483647"),
+            "{e}"
+        );
     }
 
     #[test]
