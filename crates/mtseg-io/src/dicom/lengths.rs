@@ -125,40 +125,163 @@ impl<R: Read + Seek> Walker<R> {
         Some((tag, Some(vr), length))
     }
 
-    /// Walks the elements to the end of the file; the first value declared beyond it is an
-    /// error. Sequences and their items are walked into (their elements are checked too); the
-    /// fragments of encapsulated pixel data are skipped.
-    fn walk(&mut self, encoding: Encoding, path: &Path) -> Result<()> {
-        let mut in_fragments = false;
-        while let Some((tag, vr, length)) = self.header(encoding) {
-            if length == UNDEFINED {
-                in_fragments |= tag == PIXEL_DATA;
-                continue;
-            }
-            if u64::from(length) > self.end.saturating_sub(self.position) {
-                return Err(Error::invalid(
-                    path,
-                    format!(
-                        "element ({:04X},{:04X}) declares {length} bytes at offset {}, beyond \
-                         the end of the file ({} bytes)",
-                        tag.0, tag.1, self.position, self.end
-                    ),
-                ));
-            }
-            let walk_into = match tag {
-                (0xFFFE, 0xE0DD) => {
-                    in_fragments = false;
-                    true
-                }
-                (0xFFFE, 0xE000) => !in_fragments,
-                (0xFFFE, _) => true,
-                _ => vr == Some(VR::SQ),
-            };
-            if !walk_into && self.skip(bytes_read(vr, length)).is_none() {
-                break;
-            }
+    /// Refuses a value of `length` bytes at the current position that the file cannot hold.
+    fn fits(&self, tag: (u16, u16), length: u32, path: &Path) -> Result<()> {
+        if u64::from(length) > self.end.saturating_sub(self.position) {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "element ({:04X},{:04X}) declares {length} bytes at offset {}, beyond the \
+                     end of the file ({} bytes)",
+                    tag.0, tag.1, self.position, self.end
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// Walks the data set as dicom-parser 0.10's `DataSetReader` reads it (the states below
+    /// are its states), checking every value it would read before reading it; stops, without
+    /// an error, where dicom-rs would stop with one of its own.
+    fn walk(&mut self, encoding: Encoding, path: &Path) -> Result<()> {
+        // Open sequences and items, innermost last.
+        let mut open: Vec<Open> = Vec::new();
+        // Between the items of a sequence (an item header is next), or inside an item or the
+        // data set (an element header is next).
+        let mut between_items = false;
+        // The first item of encapsulated pixel data is its offset table.
+        let mut offset_table_next = false;
+        loop {
+            // Sequences and items of defined length end where their length says.
+            while let Some(&Open {
+                end: Some(end),
+                item,
+                ..
+            }) = open.last()
+            {
+                if end > self.position {
+                    break;
+                }
+                if end < self.position {
+                    return Ok(());
+                }
+                open.pop();
+                between_items = item;
+            }
+            if between_items {
+                let Some((tag, _, length)) = self.header(encoding) else {
+                    return Ok(());
+                };
+                match tag {
+                    (0xFFFE, 0xE000) => {
+                        let Some(pixels) = open.last().map(|o| o.pixels) else {
+                            return Ok(());
+                        };
+                        open.push(Open::new(true, pixels, length, self.position));
+                        between_items = false;
+                    }
+                    (0xFFFE, 0xE00D) if length == 0 => {
+                        open.pop();
+                    }
+                    (0xFFFE, 0xE0DD) => {
+                        open.pop();
+                        between_items = false;
+                    }
+                    _ => return Ok(()),
+                }
+                continue;
+            }
+            if let Some(&Open {
+                item: true,
+                pixels: true,
+                length,
+                ..
+            }) = open.last()
+            {
+                // An item of encapsulated pixel data: the offset table (whole numbers) or a
+                // fragment, read whole; the item's full length again if a short offset table
+                // left bytes unread.
+                if length == UNDEFINED {
+                    return Ok(());
+                }
+                let length = if offset_table_next {
+                    length - length % 4
+                } else {
+                    length
+                };
+                self.fits((0xFFFE, 0xE000), length, path)?;
+                offset_table_next = false;
+                if self.skip(length).is_none() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let Some((tag, vr, length)) = self.header(encoding) else {
+                return Ok(());
+            };
+            match tag {
+                _ if vr == Some(VR::SQ) => {
+                    open.push(Open::new(false, false, length, self.position));
+                    between_items = true;
+                }
+                (0xFFFE, 0xE00D) if open.is_empty() => {}
+                (0xFFFE, 0xE00D) => {
+                    open.pop();
+                    between_items = true;
+                }
+                PIXEL_DATA if length == UNDEFINED => {
+                    open.push(Open::new(false, true, UNDEFINED, self.position));
+                    let Some((tag, _, length)) = self.header(encoding) else {
+                        return Ok(());
+                    };
+                    match tag {
+                        (0xFFFE, 0xE000) => {
+                            open.push(Open::new(true, true, length, self.position));
+                            offset_table_next = length != 0;
+                        }
+                        (0xFFFE, 0xE0DD) => {
+                            open.pop();
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+                // Other undefined lengths are read as sequences, whatever their VR.
+                _ if length == UNDEFINED => {
+                    open.push(Open::new(false, false, UNDEFINED, self.position));
+                    between_items = true;
+                }
+                _ => {
+                    let length = bytes_read(vr, length);
+                    self.fits(tag, length, path)?;
+                    if self.skip(length).is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A sequence or an item the walk is in.
+#[derive(Clone, Copy)]
+struct Open {
+    item: bool,
+    /// Of encapsulated pixel data.
+    pixels: bool,
+    /// Its declared length, and where it ends for a defined one.
+    length: u32,
+    end: Option<u64>,
+}
+
+impl Open {
+    fn new(item: bool, pixels: bool, length: u32, position: u64) -> Self {
+        let end = (length != UNDEFINED).then(|| position + u64::from(length));
+        Open {
+            item,
+            pixels,
+            length,
+            end,
+        }
     }
 }
 
@@ -330,6 +453,25 @@ mod tests {
             0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
         ]);
         let e = checked(&file("1.2.840.10008.1.2.1", &shifted)).unwrap_err();
+        assert!(
+            e.to_string().contains("(0010,0010) declares 2147483647"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_delimiter_tag_inside_an_item_is_an_element_with_a_value() {
+        // Inside an item, dicom-rs reads (FFFE,E0DD) as a plain element: its two declared
+        // bytes are a value, and the header after them declares 2 GB.
+        let mut seq = vec![
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        seq.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        seq.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 2, 0, 0, 0, 0xAA, 0xBB]);
+        seq.extend_from_slice(&[
+            0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ]);
+        let e = checked(&file("1.2.840.10008.1.2.1", &seq)).unwrap_err();
         assert!(
             e.to_string().contains("(0010,0010) declares 2147483647"),
             "{e}"
