@@ -21,7 +21,7 @@ use mtseg::data::Batch;
 use mtseg::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use mtseg::device::Hardware;
 use mtseg::engine::matmul;
-use mtseg::engine::{DenseSettings, Engine, NetworkInput, triplanar_engine};
+use mtseg::engine::{Dense, DenseSettings, NetworkInput, TriplanarEngine};
 use mtseg::error::{Error, Result};
 use mtseg::infer::{TaskChoice, segment};
 use mtseg::model::{
@@ -256,7 +256,7 @@ fn device_sgemm_gflops(n: usize, device: &Device) -> Result<f64> {
 /// Seconds to segment a random `n^3` volume densely (three branches, head, argmax), median
 /// of `repetitions` after one warm-up.
 fn time_volume(
-    engine: &dyn Engine,
+    engine: &dyn Dense,
     meta: &ModelMeta,
     settings: &DenseSettings,
     n: usize,
@@ -440,7 +440,8 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
 
     progress("one branch over a 256x256 slice");
     let net = model::init_network(&meta, 3, &device).valid();
-    let (engine, settings) = triplanar_engine(&net, options.hardware, &device);
+    let engine = TriplanarEngine::new(&net, options.hardware, &device);
+    let settings = DenseSettings::for_hardware(options.hardware);
     let slice = if options.quick { 64 } else { 256 };
     let side = slice + 2 * config.depth;
     let image: Vec<f32> = (0..side * side).map(|_| rng.random::<f32>()).collect();
@@ -458,7 +459,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
 
     progress("dense segmentation of a 64^3 volume");
     let n = if options.quick { 16 } else { 64 };
-    let volume_seconds = time_volume(engine.as_ref(), &meta, &settings, n, reps.min(3), &mut rng);
+    let volume_seconds = time_volume(&engine, &meta, &settings, n, reps.min(3), &mut rng);
     let volume_flops =
         3.0 * n as f64 * branch_flops(config, n + 2 * config.depth, n + 2 * config.depth)
             + head_flops(config, n * n * n, classes);
@@ -468,7 +469,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
             progress("dense segmentation of a 256^3 volume");
             let n = if options.quick { 32 } else { 256 };
             Some(time_volume(
-                engine.as_ref(),
+                &engine,
                 &meta,
                 &settings,
                 n,

@@ -2,10 +2,13 @@
 //! rest of the file, before dicom-rs parses it: dicom-parser 0.10 reserves and zero-fills a
 //! value's declared length before reading it, so a 600-byte file declaring a 4 GB value would
 //! cost 4 GB of memory (found by `fuzz/fuzz_targets/dicom.rs`). Only headers are read; values
-//! are skipped. Deflated data sets are left to dicom-rs (their lengths are inside the stream).
+//! are skipped. A deflated data set is walked as it inflates, in two passes (its length, then
+//! its elements), holding none of it.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+
+use flate2::read::DeflateDecoder;
 use std::path::Path;
 
 use dicom_core::Tag;
@@ -17,7 +20,12 @@ use crate::error::{Error, Result};
 
 const IMPLICIT_LITTLE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_BIG: &str = "1.2.840.10008.1.2.2";
-const DEFLATED: &[&str] = &["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"];
+/// Transfer syntaxes whose whole data set is deflated (dicom-rs 0.10's registry).
+const DEFLATED: &[&str] = &[
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.4.95",
+    "1.2.840.10008.1.2.4.205",
+];
 const UNDEFINED: u32 = u32::MAX;
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 
@@ -28,13 +36,30 @@ enum Encoding {
     ExplicitBig,
 }
 
+/// Where the walk reads from: a file seeks past a value, an inflating stream reads through it.
+trait Source: Read {
+    fn skip(&mut self, n: u64) -> bool;
+}
+
+impl Source for BufReader<File> {
+    fn skip(&mut self, n: u64) -> bool {
+        i64::try_from(n).is_ok_and(|n| self.seek_relative(n).is_ok())
+    }
+}
+
+impl<R: Read> Source for DeflateDecoder<R> {
+    fn skip(&mut self, n: u64) -> bool {
+        std::io::copy(&mut self.take(n), &mut std::io::sink()).is_ok_and(|read| read == n)
+    }
+}
+
 struct Walker<R> {
     from: R,
     position: u64,
     end: u64,
 }
 
-impl<R: Read + Seek> Walker<R> {
+impl<R: Source> Walker<R> {
     /// `n` bytes, or `None` at the end of the file (a truncated header is dicom-rs's to report).
     fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
         let mut b = [0u8; N];
@@ -64,7 +89,9 @@ impl<R: Read + Seek> Walker<R> {
     }
 
     fn skip(&mut self, n: u32) -> Option<()> {
-        self.from.seek_relative(n as i64).ok()?;
+        if !self.from.skip(u64::from(n)) {
+            return None;
+        }
         self.position += n as u64;
         Some(())
     }
@@ -349,20 +376,42 @@ pub fn check(path: &Path) -> Result<()> {
                 return Ok(());
             }
             w.position += u64::from(length);
+            // Trimmed as dicom-rs trims it before looking it up.
             transfer_syntax = String::from_utf8_lossy(&uid)
-                .trim_end_matches(['\0', ' '])
+                .trim_end_matches(|c: char| c.is_whitespace() || c == '\0')
                 .to_string();
         } else if w.skip(length).is_none() {
             return Ok(());
         }
     }
     let encoding = match transfer_syntax.as_str() {
-        t if DEFLATED.contains(&t) => return Ok(()),
+        t if DEFLATED.contains(&t) => return check_deflated(path, w.position),
         IMPLICIT_LITTLE => Encoding::ImplicitLittle,
         EXPLICIT_BIG => Encoding::ExplicitBig,
         _ => Encoding::ExplicitLittle,
     };
     w.walk(encoding, path)
+}
+
+/// The data set of `path` from `start` on, inflated: its length first, then its elements (an
+/// offset in a refusal counts inflated bytes). A stream that does not inflate is left to
+/// dicom-rs.
+fn check_deflated(path: &Path, start: u64) -> Result<()> {
+    let inflating = || -> Result<DeflateDecoder<BufReader<File>>> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io(path, e))?;
+        Ok(DeflateDecoder::new(BufReader::new(file)))
+    };
+    let Ok(end) = std::io::copy(&mut inflating()?, &mut std::io::sink()) else {
+        return Ok(());
+    };
+    Walker {
+        from: inflating()?,
+        position: 0,
+        end,
+    }
+    .walk(Encoding::ExplicitLittle, path)
 }
 
 #[cfg(test)]
@@ -476,6 +525,35 @@ mod tests {
             e.to_string().contains("(0010,0010) declares 2147483647"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn deflated_data_sets_are_walked_as_they_inflate() {
+        use std::io::Write;
+        let deflated = |data_set: &[u8]| {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), Default::default());
+            e.write_all(data_set).unwrap();
+            e.finish().unwrap()
+        };
+        let mut good = vec![0x10, 0x00, 0x10, 0x00, b'P', b'N', 6, 0];
+        good.extend_from_slice(b"DOE^J ");
+        checked(&file("1.2.840.10008.1.2.1.99", &deflated(&good))).unwrap();
+        let bad = [
+            0x10, 0x00, 0x20, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ];
+        let e = checked(&file("1.2.840.10008.1.2.1.99", &deflated(&bad))).unwrap_err();
+        assert!(e.to_string().contains("(0010,0020) declares"), "{e}");
+    }
+
+    #[test]
+    fn the_transfer_syntax_is_trimmed_as_dicom_rs_trims_it() {
+        // "1.2.840.10008.1.2" padded with a form feed is implicit VR to dicom-rs: (0008,1150)
+        // is then a UI of 4 bytes whose value looks like a header declaring 2 GB, read as
+        // explicit VR; implicitly the next element declares 1 GB.
+        let mut data = vec![0x08, 0x00, 0x50, 0x11, 4, 0, 0, 0, b'O', b'B', 0, 0];
+        data.extend_from_slice(&[0x08, 0x00, 0x55, 0x11, 0, 0, 0, 0x40]);
+        let e = checked(&file("1.2.840.10008.1.2\u{c}", &data)).unwrap_err();
+        assert!(e.to_string().contains("(0008,1155) declares"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,6 @@ use rayon::prelude::*;
 
 use super::activation::elu_in_place;
 use super::conv::Conv3x3;
-use super::dense::Engine;
 use super::matmul::{View, matmul};
 use super::params::ParamStore;
 use super::winograd::PreparedConv;
@@ -221,27 +220,12 @@ impl FoldedNetwork {
     }
 }
 
-impl Engine for FoldedNetwork {
-    fn depth(&self) -> usize {
-        self.branches[0].len()
-    }
-
-    fn kernels(&self) -> usize {
-        self.kernels
-    }
-
-    fn channels(&self) -> usize {
-        self.classes.outputs
-    }
-
-    fn task_channels(&self) -> usize {
-        self.task.as_ref().map_or(0, |t| t.outputs)
-    }
-
-    fn branch(
+impl FoldedNetwork {
+    /// `n` slices of `h x w` to features `n x (h - 2 depth) x (w - 2 depth) x K`.
+    pub(super) fn branch(
         &self,
         orientation: Orientation,
-        slices: Vec<f32>,
+        slices: &[f32],
         n: usize,
         h: usize,
         w: usize,
@@ -262,9 +246,10 @@ impl Engine for FoldedNetwork {
         outputs.concat()
     }
 
-    fn head(&self, features: Vec<f32>, n: usize) -> (Vec<f32>, Vec<f32>) {
+    /// Features of `n` voxels (`n x 3K`) to class and task logits, voxel-major.
+    pub(super) fn head(&self, features: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
         let threads = rayon::current_num_threads();
-        let mut x = self.fc1.forward(&features, n, threads);
+        let mut x = self.fc1.forward(features, n, threads);
         elu_in_place(&mut x);
         let mut x = self.fc2.forward(&x, n, threads);
         elu_in_place(&mut x);

@@ -6,7 +6,6 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use super::*;
-use super::{BurnEngine, Engine};
 use crate::data::{BalancedSampler, TaskDraw, TrainingVolume};
 use crate::model::{
     self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarNet,
@@ -77,8 +76,8 @@ fn burn_on_device_matches_the_kernels(device: Device) {
     ] {
         let m = meta(network_config);
         let net = network(&m, 11);
-        let burn = BurnEngine::new(&net, device.clone());
-        let ours = FoldedNetwork::from_burn(&net);
+        let burn = TriplanarEngine::on_device(&net, device.clone());
+        let ours = TriplanarEngine::on_cpu(&net);
         let (n, h, w) = (3, 2 * m.network.depth + 7, 2 * m.network.depth + 4);
         let slices: Vec<f32> = (0..n * h * w)
             .map(|i| ((i * 7919) % 211) as f32 / 60.0 - 1.5)
@@ -462,7 +461,7 @@ fn own_patch_tile_and_dense_inference_agree() {
         generation: Vec::new(),
         class_voxels: vec![vec![]],
     };
-    let engine = BurnEngine::new(&net, device.clone());
+    let engine = TriplanarEngine::on_device(&net, device.clone());
     let input = NetworkInput {
         image: &image,
         shape,
@@ -474,7 +473,10 @@ fn own_patch_tile_and_dense_inference_agree() {
         slice_batch: 3,
         head_voxels: 37,
     };
-    let all = dense::dense_logits(&engine, &input, &settings);
+    let mut all = Vec::new();
+    engine.logits_by_slab(&input, &settings, &mut |_, _, logits, _| {
+        all.extend_from_slice(logits)
+    });
     let c = m.layout.channels();
     let rf = m.network.patch_size();
     for (centre, k) in [([4usize, 4, 3], 1usize), ([4, 4, 3], 4), ([0, 8, 7], 2)] {

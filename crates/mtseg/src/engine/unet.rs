@@ -9,7 +9,7 @@ use super::conv::Conv3x3;
 use super::matmul::{View, matmul};
 use super::network::{BranchLayer, FullyConnected};
 use super::winograd::PreparedConv;
-use crate::engine::burn_engine::values;
+use crate::engine::values;
 use crate::model::UNet;
 use crate::model::unet::{Block, INPUT_CHANNELS};
 use burn::module::Param;

@@ -6,8 +6,10 @@
 
 use burn::prelude::*;
 
-use super::burn_engine::values;
+use crate::device::Hardware;
+
 use super::dense::{Dense, DenseSettings, NetworkInput, OnSlab, Sampled};
+use super::values;
 use crate::engine::FoldedUNet;
 use crate::model::slices;
 use crate::model::unet::INPUT_CHANNELS;
@@ -31,6 +33,15 @@ pub struct UNetEngine {
 }
 
 impl UNetEngine {
+    /// On `hardware`: mtseg's CPU kernels, or burn on `device` (its autodiff, if any,
+    /// dropped).
+    pub fn new(net: &UNet, hardware: Hardware, device: &Device) -> Self {
+        match hardware {
+            Hardware::Cpu => Self::on_cpu(net),
+            Hardware::Gpu => Self::on_device(net, device.clone().without_autodiff()),
+        }
+    }
+
     /// On mtseg's CPU kernels.
     pub fn on_cpu(net: &UNet) -> Self {
         Self::with(net, Runner::Cpu(FoldedUNet::from_burn(net)))

@@ -761,7 +761,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
-    use crate::engine::burn_engine::values;
+    use crate::engine::values;
     use crate::model::{Architecture, ModelMeta, NetworkConfig};
     use crate::test_support::two_task_meta;
 
