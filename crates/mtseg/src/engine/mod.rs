@@ -10,10 +10,12 @@ pub mod activation;
 pub mod conv;
 pub mod dense;
 pub mod direct;
+pub mod gradients;
 pub mod loss;
 pub mod matmul;
 pub mod network;
-pub mod params;
+#[cfg(test)]
+mod params;
 pub mod step;
 pub mod train;
 pub mod triplanar_engine;
@@ -23,8 +25,8 @@ pub mod unet_train;
 pub mod winograd;
 
 pub use dense::{Dense, DenseSettings, NetworkInput, Sampled};
+pub use gradients::{LayerGradients, LinearGradients};
 pub use network::{CpuNetwork, FoldedNetwork};
-pub use params::{ParamStore, write_values};
 pub use step::{DataParallel, StepInput, Stepper};
 pub use train::{StepOutput, Workspace, train_step};
 pub use triplanar_engine::TriplanarEngine;

@@ -7,9 +7,13 @@ use rayon::prelude::*;
 use super::activation::elu_in_place;
 use super::conv::Conv3x3;
 use super::matmul::{View, matmul};
-use super::params::ParamStore;
 use super::winograd::PreparedConv;
+use crate::engine::values;
 use crate::model::{Orientation, TriplanarNet};
+use burn::module::Param;
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
 
 /// A convolution and the batch norm after it: a layer of a triplanar branch (or half a U-Net
 /// block).
@@ -51,16 +55,6 @@ pub struct FullyConnected {
 }
 
 impl FullyConnected {
-    fn read(store: &ParamStore, prefix: &str) -> Self {
-        let w = store.get(&format!("{prefix}.weight"));
-        FullyConnected {
-            outputs: w.shape[0],
-            inputs: w.shape[1],
-            weight: w.values.clone(),
-            bias: store.values(&format!("{prefix}.bias")),
-        }
-    }
-
     /// `n x outputs` = `x (n x inputs) * W^T + b`.
     pub fn forward(&self, x: &[f32], n: usize, threads: usize) -> Vec<f32> {
         let mut out = vec![0f32; n * self.outputs];
@@ -86,6 +80,42 @@ impl FullyConnected {
     }
 }
 
+/// A layer's bias, zeros if it has none.
+pub(super) fn bias_or_zeros(bias: &Option<Param<Tensor<1>>>, outputs: usize) -> Vec<f32> {
+    bias.as_ref()
+        .map_or_else(|| vec![0.0; outputs], |b| values(b.val()))
+}
+
+/// A 3x3 convolution and the batch norm after it, as plain arrays.
+pub(super) fn conv_and_norm(conv: &Conv2d, norm: &BatchNorm) -> BranchLayer {
+    let [co, ci, _, _] = conv.weight.dims();
+    BranchLayer {
+        conv: Conv3x3::from_oihw(
+            ci,
+            co,
+            &values(conv.weight.val()),
+            bias_or_zeros(&conv.bias, co),
+        ),
+        gamma: values(norm.gamma.val()),
+        beta: values(norm.beta.val()),
+        // Synchronised: a training step's update is otherwise seen one step late.
+        running_mean: values(norm.running_mean.value_sync()),
+        running_var: values(norm.running_var.value_sync()),
+        epsilon: norm.epsilon as f32,
+    }
+}
+
+/// A 1x1 convolution as a dense layer over pixels.
+pub(super) fn pixelwise(conv: &Conv2d) -> FullyConnected {
+    let [outputs, inputs, _, _] = conv.weight.dims();
+    FullyConnected {
+        inputs,
+        outputs,
+        weight: values(conv.weight.val()),
+        bias: bias_or_zeros(&conv.bias, outputs),
+    }
+}
+
 /// The whole network as plain arrays.
 #[derive(Clone, Debug)]
 pub struct CpuNetwork {
@@ -100,50 +130,27 @@ pub struct CpuNetwork {
 }
 
 impl CpuNetwork {
+    /// From the burn network's modules (its current running statistics); `dropout` is the
+    /// training step's rate.
     pub fn from_burn(net: &TriplanarNet, dropout: f64) -> Self {
-        Self::from_store(&ParamStore::read(net), net, dropout)
-    }
-
-    pub fn from_store(store: &ParamStore, net: &TriplanarNet, dropout: f64) -> Self {
-        let branches = (0..3)
+        let branches = net
+            .branches
+            .iter()
             .map(|b| {
-                net.branches[b]
-                    .layers
+                b.layers
                     .iter()
-                    .enumerate()
-                    .map(|(l, layer)| {
-                        let p = format!("branches.{b}.layers.{l}");
-                        let w = store.get(&format!("{p}.conv.weight"));
-                        let (co, ci) = (w.shape[0], w.shape[1]);
-                        BranchLayer {
-                            conv: Conv3x3::from_oihw(
-                                ci,
-                                co,
-                                &w.values,
-                                store.values(&format!("{p}.conv.bias")),
-                            ),
-                            gamma: store.values(&format!("{p}.norm.gamma")),
-                            beta: store.values(&format!("{p}.norm.beta")),
-                            running_mean: store.values(&format!("{p}.norm.running_mean")),
-                            running_var: store.values(&format!("{p}.norm.running_var")),
-                            epsilon: layer.norm.epsilon as f32,
-                        }
-                    })
+                    .map(|l| conv_and_norm(&l.conv, &l.norm))
                     .collect()
             })
             .collect();
-        let fc1 = FullyConnected::read(store, "head.fc1");
+        let fc1 = pixelwise(&net.head.fc1);
         CpuNetwork {
             branches,
             kernels: fc1.inputs / 3,
             fc1,
-            fc2: FullyConnected::read(store, "head.fc2"),
-            classes: FullyConnected::read(store, "head.classes"),
-            task: net
-                .head
-                .task
-                .as_ref()
-                .map(|_| FullyConnected::read(store, "head.task")),
+            fc2: pixelwise(&net.head.fc2),
+            classes: pixelwise(&net.head.classes),
+            task: net.head.task.as_ref().map(pixelwise),
             dropout: dropout as f32,
         }
     }

@@ -1,9 +1,11 @@
-//! The parameters of a burn network as plain arrays, keyed by their module path
-//! (`branches.0.layers.3.conv.weight`, `head.fc1.bias`, ...), and the way back.
+//! Test support: the parameters of a burn network as plain arrays, keyed by their module path
+//! (`branches.0.layers.3.conv.weight`, `head.fc1.bias`, ...), to compare two networks or
+//! file burn's gradients by name. The kernels read and write the modules themselves
+//! ([`super::gradients`]).
 
 use std::collections::BTreeMap;
 
-use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 
 use crate::model::TriplanarNet;
@@ -54,32 +56,6 @@ impl ModuleVisitor for Reader {
     }
 }
 
-struct Writer<'a> {
-    path: Vec<String>,
-    values: &'a BTreeMap<String, Vec<f32>>,
-}
-
-impl ModuleMapper for Writer<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(values) = self.values.get(&self.path.join(".")) else {
-            return param;
-        };
-        let (id, tensor, _) = param.consume();
-        let shape = tensor.dims();
-        let device = tensor.device();
-        let replaced = Tensor::<D>::from_data(TensorData::new(values.clone(), shape), &device);
-        Param::initialized(id, replaced)
-    }
-}
-
 impl ParamStore {
     /// Reads every parameter (from the evaluation-mode copy, so running statistics are
     /// current).
@@ -93,22 +69,4 @@ impl ParamStore {
             tensors: reader.tensors,
         }
     }
-
-    pub fn get(&self, path: &str) -> &ParamTensor {
-        self.tensors
-            .get(path)
-            .unwrap_or_else(|| panic!("the network has no parameter {path}"))
-    }
-
-    pub fn values(&self, path: &str) -> Vec<f32> {
-        self.get(path).values.clone()
-    }
-}
-
-/// The network with the given values replacing the parameters at those paths.
-pub fn write_values(net: TriplanarNet, values: &BTreeMap<String, Vec<f32>>) -> TriplanarNet {
-    net.map(&mut Writer {
-        path: Vec::new(),
-        values,
-    })
 }

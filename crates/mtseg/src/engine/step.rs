@@ -18,7 +18,7 @@ use burn::prelude::*;
 use super::loss;
 use crate::data::{Batch, Crops};
 use crate::device::{Hardware, panic_message};
-use crate::engine::{self, CpuNetwork, ParamStore, UNetLayers};
+use crate::engine::{self, CpuNetwork, UNetLayers};
 use crate::error::{Error, Result};
 use crate::model::unet::INPUT_CHANNELS;
 use crate::model::{self, OutputLayout, TrainConfig, TriplanarNet, UNet};
@@ -77,8 +77,7 @@ fn kernels_step(
     workspace: &engine::Workspace,
 ) -> (TriplanarNet, f64) {
     let t0 = Instant::now();
-    let store = ParamStore::read(&net);
-    let cpu = CpuNetwork::from_store(&store, &net, input.dropout);
+    let cpu = CpuNetwork::from_burn(&net, input.dropout);
     let output = engine::train_step(
         &cpu,
         input.batch,
@@ -88,24 +87,9 @@ fn kernels_step(
         workspace,
     );
     let t1 = Instant::now();
-    let device = Device::flex();
-    let mut grads = GradientsParams::new();
-    for (path, values) in output.gradients {
-        let p = store.get(&path);
-        match p.shape.len() {
-            1 => grads.register::<1>(
-                p.id,
-                Tensor::from_data(TensorData::new(values, [p.shape[0]]), &device),
-            ),
-            4 => {
-                let s = [p.shape[0], p.shape[1], p.shape[2], p.shape[3]];
-                grads.register::<4>(p.id, Tensor::from_data(TensorData::new(values, s), &device))
-            }
-            rank => unreachable!("the network has no parameter of rank {rank}"),
-        }
-    }
+    output.write_running_statistics(&net);
+    let grads = output.gradients(&net, &Device::flex());
     let net = optimizer.step(input.lr, net, grads);
-    let net = engine::write_values(net, &output.running);
     tracing::debug!(
         "kernels {:.3} s, optimizer {:.3} s",
         (t1 - t0).as_secs_f64(),

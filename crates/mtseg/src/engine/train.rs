@@ -1,8 +1,9 @@
-//! One training step on the CPU kernels: forward with batch statistics and dropout, the loss
-//! of [`crate::engine::loss`] (same definition), and the backward pass, giving the gradient of
-//! every parameter in burn's layout and the updated batch-norm running statistics.
+//! One training step of the triplanar network on the CPU kernels: forward with batch
+//! statistics and dropout, the loss of [`crate::engine::loss`] (same definition), and the
+//! backward pass, giving the gradient of every parameter in burn's layout and the updated
+//! batch-norm running statistics, in the network's own structure ([`StepOutput`]), which
+//! [`StepOutput::gradients`] hands to burn's optimizer parameter by parameter.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use multiversion::multiversion;
@@ -12,12 +13,15 @@ use rayon::prelude::*;
 
 use super::activation::{elu, elu_derivative_from_output, elu_in_place};
 use super::conv::{BackwardScratch, backward_image, input_gradient};
+use super::gradients::{Filing, LayerGradients, LinearGradients, update_running};
 use super::matmul::{View, matmul};
 use super::network::{CpuNetwork, FullyConnected};
 use super::winograd::PreparedConv;
 use crate::data::Batch;
 use crate::engine::loss::{task_runs, voxel_weights};
-use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig};
+use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig, TriplanarNet};
+use burn::optim::GradientsParams;
+use burn::prelude::Device;
 
 /// Batch-norm running statistics move this far towards each batch's (as in burn).
 pub(super) const MOMENTUM: f32 = 0.1;
@@ -26,12 +30,50 @@ pub(super) const MOMENTUM: f32 = 0.1;
 /// buffers, few enough to spread a batch's images over the cores.
 const IMAGES_PER_GROUP: usize = 8;
 
-/// What a step produces: the loss, the gradient of every parameter (burn's layout, keyed by
-/// module path) and the new running statistics (keyed likewise).
+/// What a step produces, in the structure of [`CpuNetwork`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepOutput {
     pub loss: f64,
-    pub gradients: BTreeMap<String, Vec<f32>>,
-    pub running: BTreeMap<String, Vec<f32>>,
+    /// Per orientation (axial, coronal, sagittal), per layer.
+    pub branches: Vec<Vec<LayerGradients>>,
+    /// `[out][in]` weights (burn's `[out][in][1][1]`).
+    pub fc1: LinearGradients,
+    pub fc2: LinearGradients,
+    pub classes: LinearGradients,
+    pub task: Option<LinearGradients>,
+}
+
+impl StepOutput {
+    /// The gradients for burn's optimizer, each filed under its parameter of `net` (tensors on
+    /// `device`).
+    pub fn gradients(&self, net: &TriplanarNet, device: &Device) -> GradientsParams {
+        let mut filing = Filing::new(device);
+        for (branch, grads) in net.branches.iter().zip(&self.branches) {
+            for (layer, g) in branch.layers.iter().zip(grads) {
+                filing.conv_and_norm(&layer.conv, &layer.norm, g);
+            }
+        }
+        let head = &net.head;
+        let layers = [
+            (&head.fc1, &self.fc1),
+            (&head.fc2, &self.fc2),
+            (&head.classes, &self.classes),
+        ];
+        let task = head.task.as_ref().zip(self.task.as_ref());
+        for (layer, g) in layers.into_iter().chain(task) {
+            filing.linear(&layer.weight, &layer.bias, g);
+        }
+        filing.done()
+    }
+
+    /// Writes the new batch-norm running statistics into `net`.
+    pub fn write_running_statistics(&self, net: &TriplanarNet) {
+        for (branch, grads) in net.branches.iter().zip(&self.branches) {
+            for (layer, g) in branch.layers.iter().zip(grads) {
+                update_running(&layer.norm, g);
+            }
+        }
+    }
 }
 
 /// Buffers that one training step hands on to the next: those of the saved activations,
@@ -74,6 +116,9 @@ struct LayerCache {
     /// The layer's output after ELU (the next layer's input).
     output: Vec<f32>,
     inv_std: Vec<f32>,
+    /// The batch norm's running statistics moved towards this batch's.
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
     h: usize,
     w: usize,
 }
@@ -84,8 +129,6 @@ fn branch_forward(
     input: &[f32],
     n: usize,
     side: usize,
-    running: &mut BTreeMap<String, Vec<f32>>,
-    prefix: &str,
     workspace: &Workspace,
 ) -> Vec<LayerCache> {
     // Each image's outputs are written into buffers that may hold an earlier step's values.
@@ -97,7 +140,7 @@ fn branch_forward(
     );
     let mut caches: Vec<LayerCache> = Vec::with_capacity(layers.len());
     let (mut h, mut w) = (side, side);
-    for (l, layer) in layers.iter().enumerate() {
+    for layer in layers {
         let x: &[f32] = caches.last().map_or(input, |c| &c.output);
         let co = layer.conv.co;
         let (ho, wo) = (h - 2, w - 2);
@@ -124,19 +167,12 @@ fn branch_forward(
             .for_each(|(zs, os)| {
                 normalise_and_activate(zs, os, &mean, &inv_std, &layer.gamma, &layer.beta);
             });
-        let p = format!("{prefix}.layers.{l}.norm");
-        running.insert(
-            format!("{p}.running_mean"),
-            moved_towards(&layer.running_mean, &mean),
-        );
-        running.insert(
-            format!("{p}.running_var"),
-            moved_towards(&layer.running_var, &var),
-        );
         caches.push(LayerCache {
             normalised: z,
             output,
             inv_std,
+            running_mean: moved_towards(&layer.running_mean, &mean),
+            running_var: moved_towards(&layer.running_var, &var),
             h: ho,
             w: wo,
         });
@@ -372,9 +408,9 @@ where
     (a, b)
 }
 
-/// Backward of one branch: `d_output` is the gradient at the last layer's output. Each
-/// layer's saved activations go back to `workspace` once its gradients are computed.
-#[allow(clippy::too_many_arguments)]
+/// Backward of one branch: `d_output` is the gradient at the last layer's output; returns
+/// each layer's gradients and running statistics, first layer first. Each layer's saved
+/// activations go back to `workspace` once its gradients are computed.
 fn branch_backward(
     layers: &[super::network::BranchLayer],
     input: &[f32],
@@ -382,10 +418,9 @@ fn branch_backward(
     n: usize,
     side: usize,
     mut d_output: Vec<f32>,
-    gradients: &mut BTreeMap<String, Vec<f32>>,
-    prefix: &str,
     workspace: &Workspace,
-) {
+) -> Vec<LayerGradients> {
+    let mut gradients = Vec::with_capacity(layers.len());
     for l in (0..layers.len()).rev() {
         let layer = &layers[l];
         let cache = caches.pop().expect("one saved layer per layer");
@@ -416,7 +451,6 @@ fn branch_backward(
             .collect();
         let g = &layer.gamma;
         let norm = norm_gradients(parts, g, count);
-        let p = format!("{prefix}.layers.{l}");
         // Through the convolution, image by image.
         let ci = layer.conv.ci;
         let (in_size, out_size) = (h * w * ci, cache.h * cache.w * co);
@@ -464,15 +498,21 @@ fn branch_backward(
             )
             .collect();
         let (dw, db) = sum_in_order(parts, weight_len);
-        gradients.insert(format!("{p}.norm.gamma"), norm.gamma);
-        gradients.insert(format!("{p}.norm.beta"), norm.beta);
-        gradients.insert(format!("{p}.conv.weight"), layer.conv.to_oihw(&dw));
-        gradients.insert(format!("{p}.conv.bias"), db);
+        gradients.push(LayerGradients {
+            weight: layer.conv.to_oihw(&dw),
+            bias: db,
+            gamma: norm.gamma,
+            beta: norm.beta,
+            running_mean: cache.running_mean,
+            running_var: cache.running_var,
+        });
         drop(dx_parts);
         d_output = dx;
         workspace.keep(cache.normalised);
         workspace.keep(cache.output);
     }
+    gradients.reverse();
+    gradients
 }
 
 /// Where cube voxel `v` (cube-major, then x, y, z) sits in each orientation's branch output
@@ -683,33 +723,14 @@ pub fn train_step(
     let n = cubes * k;
     let kernels = net.kernels;
     let voxels = batch.targets.len();
-    let mut running = BTreeMap::new();
-    let mut gradients = BTreeMap::new();
 
     // Branches, then the per-voxel features. The three branches run at once: on small images
     // each layer's passes are too short to keep both cores busy on their own.
-    let forwards: Vec<_> = Orientation::ALL
+    let caches: Vec<Vec<LayerCache>> = Orientation::ALL
         .par_iter()
         .map(|o| {
             let b = o.index();
-            let mut branch_running = BTreeMap::new();
-            let caches = branch_forward(
-                &net.branches[b],
-                &batch.patches[b],
-                n,
-                side,
-                &mut branch_running,
-                &format!("branches.{b}"),
-                workspace,
-            );
-            (caches, branch_running)
-        })
-        .collect();
-    let caches: Vec<Vec<LayerCache>> = forwards
-        .into_iter()
-        .map(|(caches, branch_running)| {
-            running.extend(branch_running);
-            caches
+            branch_forward(&net.branches[b], &batch.patches[b], n, side, workspace)
         })
         .collect();
     let sources = feature_sources(cubes, k, kernels);
@@ -779,16 +800,8 @@ pub fn train_step(
             );
         }
     }
-    let mut d_d2 = dense_backward_into(
-        &net.classes,
-        &d2,
-        &d_logits,
-        voxels,
-        threads,
-        &mut gradients,
-        "head.classes",
-    );
-    if let Some(task_layer) = &net.task {
+    let (classes, mut d_d2) = linear_backward(&net.classes, &d2, &d_logits, voxels, threads);
+    let task = if let Some(task_layer) = &net.task {
         let task_logits = task_layer.forward(&d2, voxels, threads);
         let tc = task_layer.outputs;
         let channels: Vec<usize> = (0..tc).collect();
@@ -804,44 +817,23 @@ pub fn train_step(
                 &mut d_task[v * tc..][..tc],
             );
         }
-        let d = dense_backward_into(
-            task_layer,
-            &d2,
-            &d_task,
-            voxels,
-            threads,
-            &mut gradients,
-            "head.task",
-        );
+        let (task, d) = linear_backward(task_layer, &d2, &d_task, voxels, threads);
         d_d2.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
-    }
+        Some(task)
+    } else {
+        None
+    };
 
     // Back through the head.
     let mut d_h2 = d_d2;
     drop_and_activate_backward(&mut d_h2, &a2, mask2.as_deref());
-    let mut d_h1 = dense_backward_into(
-        &net.fc2,
-        &d1,
-        &d_h2,
-        voxels,
-        threads,
-        &mut gradients,
-        "head.fc2",
-    );
+    let (fc2, mut d_h1) = linear_backward(&net.fc2, &d1, &d_h2, voxels, threads);
     drop_and_activate_backward(&mut d_h1, &a1, mask1.as_deref());
-    let d_features = dense_backward_into(
-        &net.fc1,
-        &features,
-        &d_h1,
-        voxels,
-        threads,
-        &mut gradients,
-        "head.fc1",
-    );
+    let (fc1, d_features) = linear_backward(&net.fc1, &features, &d_h1, voxels, threads);
 
     // Scatter the feature gradients back to each branch's output, then back through it (the
     // branches at once, as forward).
-    let branch_gradients: Vec<_> = caches
+    let branches = caches
         .into_par_iter()
         .enumerate()
         .map(|(b, branch_caches)| {
@@ -850,7 +842,6 @@ pub fn train_step(
                 d_out[src[b]..][..kernels]
                     .copy_from_slice(&d_features[v * width + b * kernels..][..kernels]);
             }
-            let mut branch_gradients = BTreeMap::new();
             branch_backward(
                 &net.branches[b],
                 &batch.patches[b],
@@ -858,36 +849,30 @@ pub fn train_step(
                 n,
                 side,
                 d_out,
-                &mut branch_gradients,
-                &format!("branches.{b}"),
                 workspace,
-            );
-            branch_gradients
+            )
         })
         .collect();
-    gradients.extend(branch_gradients.into_iter().flatten());
     StepOutput {
         loss,
-        gradients,
-        running,
+        branches,
+        fc1,
+        fc2,
+        classes,
+        task,
     }
 }
 
-/// Dense backward that files the weight and bias gradients under `prefix` and returns the
-/// input gradient.
-fn dense_backward_into(
+/// Dense backward: the layer's weight and bias gradients, and the input gradient.
+fn linear_backward(
     layer: &FullyConnected,
     x: &[f32],
     dy: &[f32],
     n: usize,
     threads: usize,
-    gradients: &mut BTreeMap<String, Vec<f32>>,
-    prefix: &str,
-) -> Vec<f32> {
-    let (dw, db, dx) = dense_backward(layer, x, dy, n, true, threads);
-    gradients.insert(format!("{prefix}.weight"), dw);
-    gradients.insert(format!("{prefix}.bias"), db);
-    dx
+) -> (LinearGradients, Vec<f32>) {
+    let (weight, bias, dx) = dense_backward(layer, x, dy, n, true, threads);
+    (LinearGradients { weight, bias }, dx)
 }
 
 #[cfg(test)]

@@ -5,57 +5,18 @@
 
 use rayon::prelude::*;
 
-use super::conv::Conv3x3;
 use super::matmul::{View, matmul};
-use super::network::{BranchLayer, FullyConnected};
+use super::network::{FullyConnected, bias_or_zeros, conv_and_norm, pixelwise};
 use super::winograd::PreparedConv;
 use crate::engine::values;
 use crate::model::UNet;
 use crate::model::unet::{Block, INPUT_CHANNELS};
-use burn::module::Param;
 use burn::nn::BatchNorm;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
-use burn::prelude::*;
-
-/// A layer's bias, zeros if it has none.
-fn bias_or_zeros(bias: &Option<Param<Tensor<1>>>, outputs: usize) -> Vec<f32> {
-    bias.as_ref()
-        .map_or_else(|| vec![0.0; outputs], |b| values(b.val()))
-}
-
-/// A 3x3 convolution and the batch norm after it, as plain arrays.
-pub(super) fn conv_and_norm(conv: &Conv2d, norm: &BatchNorm) -> BranchLayer {
-    let [co, ci, _, _] = conv.weight.dims();
-    BranchLayer {
-        conv: Conv3x3::from_oihw(
-            ci,
-            co,
-            &values(conv.weight.val()),
-            bias_or_zeros(&conv.bias, co),
-        ),
-        gamma: values(norm.gamma.val()),
-        beta: values(norm.beta.val()),
-        // Synchronised: a training step's update is otherwise seen one step late.
-        running_mean: values(norm.running_mean.value_sync()),
-        running_var: values(norm.running_var.value_sync()),
-        epsilon: norm.epsilon as f32,
-    }
-}
 
 /// A 3x3 convolution with the batch norm after it folded in (running statistics).
 fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> PreparedConv {
     PreparedConv::new(conv_and_norm(conv, norm).folded())
-}
-
-/// A 1x1 convolution as a dense layer over pixels.
-pub(super) fn pixelwise(conv: &Conv2d) -> FullyConnected {
-    let [outputs, inputs, _, _] = conv.weight.dims();
-    FullyConnected {
-        inputs,
-        outputs,
-        weight: values(conv.weight.val()),
-        bias: bias_or_zeros(&conv.bias, outputs),
-    }
 }
 
 /// A 2x2 transposed convolution of stride 2: each input pixel becomes a 2x2 block.
@@ -273,7 +234,8 @@ impl FoldedUNet {
 mod tests {
     use super::*;
     use crate::model::{Architecture, NetworkConfig, OutputMode};
-    use burn::module::RunningState;
+    use burn::module::{Param, RunningState};
+    use burn::prelude::*;
     use burn::tensor::Distribution;
 
     /// Batch norm with statistics and affine parameters far from the identity, so that a

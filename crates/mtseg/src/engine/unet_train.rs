@@ -10,21 +10,20 @@
 //! taken in image order, so a step's results do not depend on how rayon splits the work and
 //! a resumed training repeats an uninterrupted one bit for bit.
 
-use burn::module::Param;
-use burn::nn::BatchNorm;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::conv::{BackwardScratch, backward_image};
+use super::gradients::{Filing, LayerGradients, LinearGradients, update_running};
 use super::matmul::{View, matmul};
-use super::network::{BranchLayer, FullyConnected};
+use super::network::{BranchLayer, FullyConnected, conv_and_norm, pixelwise};
 use super::train::{
     add_channel_sums, add_soft_dice, batch_statistics, dense_backward, moved_towards,
     norm_gradients, normalise_and_relu, softmax_cross_entropy, sum_in_order,
 };
-use super::unet::{UpConv, conv_and_norm, max_pool, pad_by_one, pixelwise};
+use super::unet::{UpConv, max_pool, pad_by_one};
 use super::winograd::PreparedConv;
 use crate::data::Crops;
 use crate::engine::loss::task_runs;
@@ -64,26 +63,6 @@ impl UNetLayers {
     }
 }
 
-/// The gradients of a 3x3 convolution and its batch norm (burn's layouts), and the norm's new
-/// running statistics (moving averages, not gradients).
-#[derive(Clone, Debug)]
-pub struct LayerGradients {
-    /// `[co][ci][3][3]`.
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-    pub gamma: Vec<f32>,
-    pub beta: Vec<f32>,
-    pub running_mean: Vec<f32>,
-    pub running_var: Vec<f32>,
-}
-
-/// The weight (burn's layout) and bias gradients of a layer without batch norm.
-#[derive(Clone, Debug)]
-pub struct LinearGradients {
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
 /// What a step produces, in the structure of [`UNetLayers`].
 #[derive(Clone, Debug)]
 pub struct UNetStepOutput {
@@ -101,51 +80,25 @@ impl UNetStepOutput {
     /// The gradients for burn's optimizer, each filed under its parameter of `net` (tensors on
     /// `device`).
     pub fn gradients(&self, net: &UNet, device: &Device) -> GradientsParams {
-        let mut grads = GradientsParams::new();
-        let mut register = |param: &Param<Tensor<1>>, values: &[f32]| {
-            let shape = param.dims();
-            let tensor = Tensor::<1>::from_data(TensorData::new(values.to_vec(), shape), device);
-            grads.register::<1>(param.id, tensor);
-        };
+        let mut filing = Filing::new(device);
         let blocks = net
             .encoder
             .iter()
             .zip(&self.encoder)
             .chain(net.decoder.iter().zip(&self.decoder));
-        let mut weights: Vec<(&Param<Tensor<4>>, &[f32])> = Vec::new();
         for (block, [first, second]) in blocks {
-            for (conv, norm, g) in [
-                (&block.first, &block.first_norm, first),
-                (&block.second, &block.second_norm, second),
-            ] {
-                weights.push((&conv.weight, &g.weight));
-                if let Some(bias) = &conv.bias {
-                    register(bias, &g.bias);
-                }
-                register(&norm.gamma, &g.gamma);
-                register(&norm.beta, &g.beta);
-            }
+            filing.conv_and_norm(&block.first, &block.first_norm, first);
+            filing.conv_and_norm(&block.second, &block.second_norm, second);
         }
         for (up, g) in net.up.iter().zip(&self.up) {
-            weights.push((&up.weight, &g.weight));
-            if let Some(bias) = &up.bias {
-                register(bias, &g.bias);
-            }
+            filing.linear(&up.weight, &up.bias, g);
         }
         let heads = std::iter::once((&net.classes, &self.classes))
             .chain(net.task.as_ref().zip(self.task.as_ref()));
         for (head, g) in heads {
-            weights.push((&head.weight, &g.weight));
-            if let Some(bias) = &head.bias {
-                register(bias, &g.bias);
-            }
+            filing.linear(&head.weight, &head.bias, g);
         }
-        for (param, values) in weights {
-            let tensor =
-                Tensor::<4>::from_data(TensorData::new(values.to_vec(), param.dims()), device);
-            grads.register::<4>(param.id, tensor);
-        }
-        grads
+        filing.done()
     }
 
     /// Writes the new batch-norm running statistics into `net`.
@@ -159,20 +112,6 @@ impl UNetStepOutput {
             update_running(&block.first_norm, first);
             update_running(&block.second_norm, second);
         }
-    }
-}
-
-fn update_running(norm: &BatchNorm, g: &LayerGradients) {
-    for (state, values) in [
-        (&norm.running_mean, &g.running_mean),
-        (&norm.running_var, &g.running_var),
-    ] {
-        let device = state.value().device();
-        let shape = [values.len()];
-        state.update(Tensor::<1>::from_data(
-            TensorData::new(values.clone(), shape),
-            &device,
-        ));
     }
 }
 
@@ -757,7 +696,7 @@ fn channels_last(x: &[f32], channels: usize, pixels: usize) -> Vec<f32> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use burn::module::{ModuleVisitor, ParamId, RunningState};
+    use burn::module::{ModuleVisitor, Param, ParamId, RunningState};
     use burn::tensor::Distribution;
 
     use super::*;
