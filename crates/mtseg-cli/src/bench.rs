@@ -25,7 +25,7 @@ use mtseg::engine::{Dense, DenseSettings, NetworkInput, TriplanarEngine};
 use mtseg::error::{Error, Result};
 use mtseg::infer::{TaskChoice, segment};
 use mtseg::model::{
-    self, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
+    self, ModelMeta, OutputLayout, OutputMode, TaskMeta, TrainConfig, TriplanarConfig, UNetConfig,
     file::FORMAT_VERSION,
 };
 use mtseg::preprocess::{Normalization, Preprocessing};
@@ -90,12 +90,12 @@ pub struct BenchReport {
 /// outputs over three tasks like the paper's label space.
 fn bench_meta(quick: bool) -> ModelMeta {
     let network = if quick {
-        NetworkConfig::new()
+        TriplanarConfig::new()
             .with_depth(3)
             .with_kernels(8)
             .with_fc_width(16)
     } else {
-        NetworkConfig::new()
+        TriplanarConfig::new()
     };
     let task = |name: &str, modality| TaskInfo {
         name: name.into(),
@@ -136,7 +136,7 @@ fn bench_meta(quick: bool) -> ModelMeta {
                 expected: None,
             })
             .collect(),
-        network,
+        network: network.into(),
         training: TrainConfig::new().with_tile(1).with_samples_per_task(21),
         label_space: space,
         layout,
@@ -147,7 +147,7 @@ fn bench_meta(quick: bool) -> ModelMeta {
 }
 
 /// Forward FLOPs of one branch over an `h x w` input.
-fn branch_flops(config: &NetworkConfig, h: usize, w: usize) -> f64 {
+fn branch_flops(config: &TriplanarConfig, h: usize, w: usize) -> f64 {
     (0..config.depth)
         .map(|l| {
             let ci = if l == 0 { 1 } else { config.kernels };
@@ -157,7 +157,7 @@ fn branch_flops(config: &NetworkConfig, h: usize, w: usize) -> f64 {
         .sum()
 }
 
-fn head_flops(config: &NetworkConfig, voxels: usize, classes: usize) -> f64 {
+fn head_flops(config: &TriplanarConfig, voxels: usize, classes: usize) -> f64 {
     let f = config.fc_width;
     2.0 * voxels as f64 * (3 * config.kernels * f + f * f + f * classes) as f64
 }
@@ -407,7 +407,10 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Ben
         return Err(Error::usage("--repetitions must be at least 1"));
     }
     let meta = bench_meta(options.quick);
-    let config = &meta.network;
+    let config = meta
+        .network
+        .as_triplanar()
+        .expect("bench_meta describes the triplanar network");
     let rf = config.patch_size();
     let classes = meta.layout.channels();
     let reps = if options.quick {
@@ -655,11 +658,11 @@ pub struct UNetTorchFigures {
 /// 2 and 2 channels (9 class logits) and 3 task logits, as the reference.
 fn unet_bench_meta(quick: bool) -> ModelMeta {
     let mut meta = bench_meta(true);
-    meta.network = NetworkConfig::new()
-        .with_architecture(model::Architecture::UNet)
+    meta.network = UNetConfig::new()
         .with_output_mode(OutputMode::PerTask)
-        .with_unet_levels(if quick { 2 } else { 4 })
-        .with_unet_width(if quick { 4 } else { 20 });
+        .with_levels(if quick { 2 } else { 4 })
+        .with_width(if quick { 4 } else { 20 })
+        .into();
     meta.label_space.classes.truncate(4);
     for (task, id) in [(1, 1), (2, 1)] {
         meta.label_space.classes.push(ClassInfo {

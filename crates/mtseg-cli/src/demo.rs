@@ -88,7 +88,7 @@ pub fn run(
         datasets: folders.clone(),
         out: options.out.clone(),
         preset: options.preset.clone(),
-        runs: experiment::all_combinations(folders.len(), options.preset.network.output_mode),
+        runs: experiment::all_combinations(folders.len(), options.preset.network.output_mode()),
         hardware: options.hardware,
     };
     let table = experiment::run(&request, observer)?;

@@ -3,13 +3,18 @@
 use crate::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use crate::model::file::FORMAT_VERSION;
 use crate::model::{
-    Architecture, ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig,
+    ModelMeta, NetworkConfig, OutputLayout, OutputMode, TaskMeta, TrainConfig, TriplanarConfig,
+    UNetConfig,
 };
 use crate::preprocess::{Normalization, Preprocessing};
 
 /// The metadata of a model of two tasks, `A` (MR) and `B` (CT), with the given classes
 /// (task index, name, dataset id), 1 mm spacing and MR normalisation for both.
-pub fn two_task_meta(network: NetworkConfig, classes: &[(usize, &str, u16)]) -> ModelMeta {
+pub fn two_task_meta(
+    network: impl Into<NetworkConfig>,
+    classes: &[(usize, &str, u16)],
+) -> ModelMeta {
+    let network = network.into();
     let space = LabelSpace {
         tasks: [("A", Modality::MR), ("B", Modality::CT)]
             .into_iter()
@@ -27,7 +32,7 @@ pub fn two_task_meta(network: NetworkConfig, classes: &[(usize, &str, u16)]) -> 
             })
             .collect(),
     };
-    let layout = OutputLayout::new(&space, network.output_mode);
+    let layout = OutputLayout::new(&space, network.output_mode());
     let tasks = space
         .tasks
         .iter()
@@ -62,8 +67,8 @@ pub fn two_task_meta(network: NetworkConfig, classes: &[(usize, &str, u16)]) -> 
 }
 
 /// A network small enough for unit tests.
-pub fn tiny_network() -> NetworkConfig {
-    NetworkConfig::new()
+pub fn tiny_network() -> TriplanarConfig {
+    TriplanarConfig::new()
         .with_depth(3)
         .with_kernels(4)
         .with_fc_width(8)
@@ -72,10 +77,9 @@ pub fn tiny_network() -> NetworkConfig {
 
 /// A tiny two-level U-Net in per-task mode, two tasks of one class each.
 pub fn unet_meta() -> ModelMeta {
-    let network = NetworkConfig::new()
-        .with_architecture(Architecture::UNet)
-        .with_unet_levels(2)
-        .with_unet_width(4)
+    let network = UNetConfig::new()
+        .with_levels(2)
+        .with_width(4)
         .with_output_mode(OutputMode::PerTask);
     two_task_meta(network, &[(0, "a", 1), (1, "b", 1)])
 }

@@ -116,7 +116,7 @@ impl Drop for ConsoleObserver {
 pub fn run(args: Args) -> Result<()> {
     let preset = preset_from(&args.config, args.iterations, args.output_mode, args.seed)?;
     let tasks = args.datasets.len();
-    let mode = preset.network.output_mode;
+    let mode = preset.network.output_mode();
     let mut runs = if args.only.is_empty() {
         experiment::all_combinations(tasks, mode)
     } else {

@@ -128,7 +128,7 @@ pub fn preset_from(
         preset.training.iterations = n;
     }
     if let Some(m) = mode {
-        preset.network.output_mode = m.into();
+        preset.network.set_output_mode(m.into());
     }
     if let Some(s) = seed {
         preset.training.seed = s;

@@ -9,11 +9,12 @@ use super::params::ParamStore;
 use super::*;
 use crate::data::{BalancedSampler, TaskDraw, TrainingVolume};
 use crate::model::{
-    self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarNet,
+    self, ModelMeta, NetworkConfig, Orientation, OutputMode, TrainConfig, TriplanarConfig,
+    TriplanarNet,
 };
 use crate::test_support::{tiny_network, two_task_meta, unet_meta};
 
-fn meta(network: NetworkConfig) -> ModelMeta {
+fn meta(network: impl Into<NetworkConfig>) -> ModelMeta {
     two_task_meta(network, &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)])
 }
 
@@ -23,7 +24,7 @@ fn network(m: &ModelMeta, seed: u64) -> TriplanarNet {
     let net = model::init_network(m, seed, &device);
     for _ in 0..2 {
         for o in Orientation::ALL {
-            let side = 2 * m.network.depth + 4;
+            let side = 2 * m.network.as_triplanar().unwrap().depth + 4;
             let x =
                 Tensor::<4>::random([2, 1, side, side], Distribution::Normal(0.3, 1.5), &device);
             let _ = net.branch(o).forward(x);
@@ -65,11 +66,11 @@ fn on_the_gpu(check: fn(Device)) {
 
 fn burn_on_device_matches_the_kernels(device: Device) {
     for network_config in [
-        NetworkConfig::new()
+        TriplanarConfig::new()
             .with_depth(3)
             .with_kernels(5)
             .with_fc_width(12),
-        NetworkConfig::new()
+        TriplanarConfig::new()
             .with_depth(8)
             .with_kernels(16)
             .with_fc_width(64)
@@ -79,7 +80,11 @@ fn burn_on_device_matches_the_kernels(device: Device) {
         let net = network(&m, 11);
         let burn = TriplanarEngine::on_device(&net, device.clone());
         let ours = TriplanarEngine::on_cpu(&net);
-        let (n, h, w) = (3, 2 * m.network.depth + 7, 2 * m.network.depth + 4);
+        let (n, h, w) = (
+            3,
+            2 * m.network.as_triplanar().unwrap().depth + 7,
+            2 * m.network.as_triplanar().unwrap().depth + 4,
+        );
         let slices: Vec<f32> = (0..n * h * w)
             .map(|i| ((i * 7919) % 211) as f32 / 60.0 - 1.5)
             .collect();
@@ -92,14 +97,14 @@ fn burn_on_device_matches_the_kernels(device: Device) {
                 max_difference(&a, &b)
             );
         }
-        let features: Vec<f32> = (0..50 * 3 * m.network.kernels)
+        let features: Vec<f32> = (0..50 * 3 * m.network.as_triplanar().unwrap().kernels)
             .map(|i| ((i * 31) % 97) as f32 / 40.0 - 1.0)
             .collect();
         let (la, ta) = burn.head(features.clone(), 50);
         let (lb, tb) = ours.head(features, 50);
         assert!(max_difference(&la, &lb) < 1e-4);
         assert!(max_difference(&ta, &tb) < 1e-4);
-        assert_eq!(ta.is_empty(), m.network.output_mode == OutputMode::Union);
+        assert_eq!(ta.is_empty(), m.network.output_mode() == OutputMode::Union);
     }
 }
 
@@ -140,7 +145,7 @@ fn training_meta(mode: OutputMode) -> ModelMeta {
 
 fn training_meta_with_kernels(mode: OutputMode, kernels: usize) -> ModelMeta {
     meta(
-        NetworkConfig::new()
+        TriplanarConfig::new()
             .with_depth(2)
             .with_kernels(kernels)
             .with_fc_width(6)
@@ -163,7 +168,7 @@ fn two_task_batch(m: &ModelMeta, class_balance: f64) -> (TrainConfig, crate::dat
     let batch = BalancedSampler::new(9).next_batch(
         &volumes,
         &draws,
-        m.network.patch_size(),
+        m.network.as_triplanar().unwrap().patch_size(),
         &config,
         &m.layout,
     );
@@ -286,7 +291,11 @@ fn training_gradients_match_burn_autodiff() {
             );
         }
         assert_eq!(ours.branches.len(), 3);
-        assert!(ours.branches.iter().all(|b| b.len() == m.network.depth));
+        assert!(
+            ours.branches
+                .iter()
+                .all(|b| b.len() == m.network.as_triplanar().unwrap().depth)
+        );
     }
 }
 
@@ -483,7 +492,7 @@ fn own_patch_tile_and_dense_inference_agree() {
         all.extend_from_slice(logits)
     });
     let c = m.layout.channels();
-    let rf = m.network.patch_size();
+    let rf = m.network.as_triplanar().unwrap().patch_size();
     for (centre, k) in [([4usize, 4, 3], 1usize), ([4, 4, 3], 4), ([0, 8, 7], 2)] {
         let patches = BalancedSampler::cube_patches(&volume, centre, k, rf);
         let side = rf + k - 1;

@@ -233,7 +233,7 @@ impl FoldedUNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Architecture, NetworkConfig, OutputMode};
+    use crate::model::{OutputMode, UNetConfig};
     use burn::module::{Param, RunningState};
     use burn::prelude::*;
     use burn::tensor::Distribution;
@@ -255,10 +255,9 @@ mod tests {
         // Widths 8 and 16 at three levels: both the direct kernel's channel counts and, on
         // CPUs without it, the matrix-product path.
         for (levels, width) in [(3, 8), (2, 16)] {
-            let config = NetworkConfig::new()
-                .with_architecture(Architecture::UNet)
-                .with_unet_levels(levels)
-                .with_unet_width(width)
+            let config = UNetConfig::new()
+                .with_levels(levels)
+                .with_width(width)
                 .with_output_mode(OutputMode::PerTask);
             let mut net = UNet::new(&config, 5, 2, &device);
             for block in net.encoder.iter_mut().chain(net.decoder.iter_mut()) {

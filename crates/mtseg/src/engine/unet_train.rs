@@ -701,7 +701,7 @@ mod tests {
 
     use super::*;
     use crate::engine::values;
-    use crate::model::{Architecture, ModelMeta, NetworkConfig};
+    use crate::model::{ModelMeta, UNetConfig};
     use crate::test_support::two_task_meta;
 
     /// Every float parameter's id and rank (running statistics included).
@@ -778,10 +778,9 @@ mod tests {
             (3, 8, OutputMode::PerTask, 16),
             (2, 5, OutputMode::Union, 12),
         ] {
-            let network = NetworkConfig::new()
-                .with_architecture(Architecture::UNet)
-                .with_unet_levels(levels)
-                .with_unet_width(width)
+            let network = UNetConfig::new()
+                .with_levels(levels)
+                .with_width(width)
                 .with_output_mode(mode);
             let m = two_task_meta(network.clone(), &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
             let config = TrainConfig::new().with_task_loss_weight(0.3);

@@ -134,7 +134,7 @@ pub fn run(
     let set = TaskSet::open(&request.datasets)?;
     let names: Vec<String> = set.tasks.iter().map(|t| t.name.clone()).collect();
     let splits: Vec<Split> = set.tasks.iter().map(test_split).collect::<Result<_>>()?;
-    let default_mode = request.preset.network.output_mode;
+    let default_mode = request.preset.network.output_mode();
     let mut results = Vec::new();
     for (index, spec) in request.runs.iter().enumerate() {
         let label = spec.label(&names, default_mode);
@@ -168,7 +168,7 @@ fn run_one(
     observer: &mut dyn ExperimentObserver,
 ) -> Result<RunResult> {
     let mut preset = request.preset.clone();
-    preset.network.output_mode = spec.output_mode;
+    preset.network.set_output_mode(spec.output_mode);
     let train_request = TrainRequest {
         datasets: spec
             .tasks

@@ -10,7 +10,7 @@ use crate::io::{self, DataType, Grid, Image, Volume, orientation::Reorientation}
 use crate::model::{self, Model};
 use crate::test_support::{tiny_network, two_task_meta};
 
-fn segmenter_with(network: model::NetworkConfig) -> Segmenter {
+fn segmenter_with(network: impl Into<model::NetworkConfig>) -> Segmenter {
     let meta = two_task_meta(network, &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
     // A seed whose random network gives several labels on `ras_image` (the tests check it).
     let net = model::Network::init(&meta, 1, &Device::flex()).valid();

@@ -64,16 +64,15 @@ pub enum Architecture {
     /// The paper's network: three orthogonal patches, valid convolutions, a shared head.
     Triplanar,
     /// A 2.5-D U-Net (see [`crate::model::unet`]): whole slices with their neighbours, run
-    /// over all three orientations and averaged. Stronger on the real brain data.
+    /// over all three orientations and averaged. Stronger on the real brain data. Written
+    /// `u_net`; `unet`, the preset's name, reads too.
+    #[serde(alias = "unet")]
     UNet,
 }
 
-/// The network's sizes. The triplanar network's receptive field per orientation is
-/// `1 + 2 * depth`; `unet_*` size the U-Net.
+/// The paper's triplanar network: its receptive field per orientation is `1 + 2 * depth`.
 #[derive(Config, Debug, PartialEq)]
-pub struct NetworkConfig {
-    #[config(default = "Architecture::Triplanar")]
-    pub architecture: Architecture,
+pub struct TriplanarConfig {
     /// Convolution layers per orientation branch (paper: 25).
     #[config(default = 25)]
     pub depth: usize,
@@ -88,23 +87,154 @@ pub struct NetworkConfig {
     pub dropout: f64,
     #[config(default = "OutputMode::Union")]
     pub output_mode: OutputMode,
-    /// U-Net: resolution levels (one fewer 2x2 poolings).
-    #[config(default = 4)]
-    pub unet_levels: usize,
-    /// U-Net: feature maps at full resolution, doubled at each level below.
-    #[config(default = 16)]
-    pub unet_width: usize,
 }
 
-impl NetworkConfig {
+impl TriplanarConfig {
     /// Patch side that gives one output voxel: the receptive field.
     pub fn patch_size(&self) -> usize {
         1 + 2 * self.depth
     }
+}
 
-    /// U-Net: slice sides must be a multiple of this (one halving per pooling).
-    pub fn unet_multiple(&self) -> usize {
-        1 << (self.unet_levels.max(1) - 1)
+/// The 2.5-D U-Net (see [`crate::model::unet`]).
+#[derive(Config, Debug, PartialEq)]
+pub struct UNetConfig {
+    /// Resolution levels (one fewer 2x2 poolings).
+    #[config(default = 4)]
+    pub levels: usize,
+    /// Feature maps at full resolution, doubled at each level below.
+    #[config(default = 16)]
+    pub width: usize,
+    #[config(default = "OutputMode::Union")]
+    pub output_mode: OutputMode,
+}
+
+impl UNetConfig {
+    /// Slice sides must be a multiple of this (one halving per pooling).
+    pub fn multiple(&self) -> usize {
+        1 << (self.levels.max(1) - 1)
+    }
+}
+
+/// The network: its architecture, carrying that architecture's own sizes. Written
+/// `architecture = "u_net"` (or `"triplanar"`, the default) with the architecture's fields
+/// beside it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "architecture", rename_all = "snake_case")]
+pub enum NetworkConfig {
+    Triplanar(TriplanarConfig),
+    UNet(UNetConfig),
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig::Triplanar(TriplanarConfig::new())
+    }
+}
+
+impl From<TriplanarConfig> for NetworkConfig {
+    fn from(config: TriplanarConfig) -> Self {
+        NetworkConfig::Triplanar(config)
+    }
+}
+
+impl From<UNetConfig> for NetworkConfig {
+    fn from(config: UNetConfig) -> Self {
+        NetworkConfig::UNet(config)
+    }
+}
+
+impl NetworkConfig {
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            NetworkConfig::Triplanar(_) => Architecture::Triplanar,
+            NetworkConfig::UNet(_) => Architecture::UNet,
+        }
+    }
+
+    pub fn output_mode(&self) -> OutputMode {
+        match self {
+            NetworkConfig::Triplanar(c) => c.output_mode,
+            NetworkConfig::UNet(c) => c.output_mode,
+        }
+    }
+
+    pub fn set_output_mode(&mut self, mode: OutputMode) {
+        match self {
+            NetworkConfig::Triplanar(c) => c.output_mode = mode,
+            NetworkConfig::UNet(c) => c.output_mode = mode,
+        }
+    }
+
+    pub fn with_output_mode(mut self, mode: OutputMode) -> Self {
+        self.set_output_mode(mode);
+        self
+    }
+
+    /// The triplanar network's sizes, if this is the triplanar network.
+    pub fn as_triplanar(&self) -> Option<&TriplanarConfig> {
+        match self {
+            NetworkConfig::Triplanar(c) => Some(c),
+            NetworkConfig::UNet(_) => None,
+        }
+    }
+
+    /// `architecture` with its default sizes.
+    pub fn default_for(architecture: Architecture) -> Self {
+        match architecture {
+            Architecture::Triplanar => TriplanarConfig::new().into(),
+            Architecture::UNet => UNetConfig::new().into(),
+        }
+    }
+}
+
+/// The network section as written, in this version's form or a model file's of before the
+/// configs were split by architecture (every field of both beside each other, the U-Net's
+/// prefixed `unet_`, no `architecture` in files older than the U-Net). The fields of the
+/// other architecture are ignored: old files carry them all. Settings files are checked
+/// for them before this ([`Preset::named_or_file`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenNetwork {
+    architecture: Option<Architecture>,
+    depth: Option<usize>,
+    kernels: Option<usize>,
+    fc_width: Option<usize>,
+    dropout: Option<f64>,
+    output_mode: Option<OutputMode>,
+    #[serde(alias = "unet_levels")]
+    levels: Option<usize>,
+    #[serde(alias = "unet_width")]
+    width: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for NetworkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let w = WrittenNetwork::deserialize(deserializer)?;
+        Ok(match w.architecture.unwrap_or(Architecture::Triplanar) {
+            Architecture::Triplanar => {
+                let d = TriplanarConfig::new();
+                TriplanarConfig {
+                    depth: w.depth.unwrap_or(d.depth),
+                    kernels: w.kernels.unwrap_or(d.kernels),
+                    fc_width: w.fc_width.unwrap_or(d.fc_width),
+                    dropout: w.dropout.unwrap_or(d.dropout),
+                    output_mode: w.output_mode.unwrap_or(d.output_mode),
+                }
+                .into()
+            }
+            Architecture::UNet => {
+                let d = UNetConfig::new();
+                UNetConfig {
+                    levels: w.levels.unwrap_or(d.levels),
+                    width: w.width.unwrap_or(d.width),
+                    output_mode: w.output_mode.unwrap_or(d.output_mode),
+                }
+                .into()
+            }
+        })
     }
 }
 
@@ -226,7 +356,7 @@ impl Preset {
     /// dropout 0.5, one voxel per sample, 210 samples a batch over three tasks.
     pub fn paper() -> Self {
         Preset {
-            network: NetworkConfig::new(),
+            network: TriplanarConfig::new().into(),
             training: TrainConfig::new()
                 .with_tile(1)
                 .with_samples_per_task(70)
@@ -240,11 +370,12 @@ impl Preset {
     /// 16 kernels, fully connected 64, trained on cubes of 8^3 voxels.
     pub fn small() -> Self {
         Preset {
-            network: NetworkConfig::new()
+            network: TriplanarConfig::new()
                 .with_depth(8)
                 .with_kernels(16)
                 .with_fc_width(64)
-                .with_dropout(0.2),
+                .with_dropout(0.2)
+                .into(),
             training: TrainConfig::new()
                 .with_tile(8)
                 .with_samples_per_task(4)
@@ -259,9 +390,9 @@ impl Preset {
     /// The 2.5-D U-Net: four levels from 16 feature maps, crops of 96^2, CE + Dice loss.
     pub fn unet() -> Self {
         Preset {
-            network: NetworkConfig::new()
-                .with_architecture(Architecture::UNet)
-                .with_output_mode(OutputMode::PerTask),
+            network: UNetConfig::new()
+                .with_output_mode(OutputMode::PerTask)
+                .into(),
             training: TrainConfig::new()
                 .with_samples_per_task(4)
                 .with_iterations(2000)
@@ -306,13 +437,36 @@ impl Preset {
             }
         };
         let mut merged = serde_json::to_value(&base).expect("presets serialise");
+        // Another architecture than the base's starts from that architecture's defaults.
+        let architecture = overrides.get("network").and_then(|n| n.get("architecture"));
+        if let Some(architecture) = architecture {
+            let architecture: Architecture = serde_json::from_value(architecture.clone())
+                .map_err(|e| Error::invalid(path, format!("bad setting: {e}")))?;
+            if architecture != base.network.architecture() {
+                merged["network"] = serde_json::to_value(NetworkConfig::default_for(architecture))
+                    .expect("configs serialise");
+            }
+        }
         for section in ["network", "training"] {
             if let Some(fields) = overrides.get(section).and_then(|s| s.as_object()) {
                 for (key, value) in fields {
-                    if merged[section].get(key).is_none() {
+                    // The U-Net's fields before the configs were split by architecture.
+                    let key = match (section, key.as_str()) {
+                        ("network", "unet_levels") => "levels",
+                        ("network", "unet_width") => "width",
+                        (_, key) => key,
+                    };
+                    let Some(known) = merged[section].as_object() else {
+                        unreachable!("presets serialise to objects")
+                    };
+                    if !known.contains_key(key) {
+                        let names: Vec<&str> = known.keys().map(String::as_str).collect();
                         return Err(Error::invalid(
                             path,
-                            format!("unknown setting {section}.{key}"),
+                            format!(
+                                "unknown setting {section}.{key} (known: {})",
+                                names.join(", ")
+                            ),
                         ));
                     }
                     merged[section][key] = value.clone();
@@ -326,13 +480,31 @@ impl Preset {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let n = &self.network;
         let t = &self.training;
-        if n.depth == 0 || n.kernels == 0 || n.fc_width == 0 {
-            return Err("depth, kernels and fc_width must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&n.dropout) {
-            return Err("dropout must be in [0, 1)".into());
+        match &self.network {
+            NetworkConfig::Triplanar(n) => {
+                if n.depth == 0 || n.kernels == 0 || n.fc_width == 0 {
+                    return Err("depth, kernels and fc_width must be at least 1".into());
+                }
+                if !(0.0..1.0).contains(&n.dropout) {
+                    return Err("dropout must be in [0, 1)".into());
+                }
+                if !t.domain_randomisation.is_empty() {
+                    return Err("domain_randomisation is for the U-Net's crops".into());
+                }
+            }
+            NetworkConfig::UNet(n) => {
+                if n.levels == 0 || n.levels > 6 || n.width == 0 {
+                    return Err("levels must be 1 to 6 and width at least 1".into());
+                }
+                if t.crop == 0 || !t.crop.is_multiple_of(n.multiple()) {
+                    return Err(format!(
+                        "crop must be a positive multiple of {} for {} U-Net levels",
+                        n.multiple(),
+                        n.levels
+                    ));
+                }
+            }
         }
         if t.tile == 0 || t.samples_per_task == 0 || t.samples_by_task.values().any(|&n| n == 0) {
             return Err("tile, samples_per_task and samples_by_task must be at least 1".into());
@@ -355,21 +527,6 @@ impl Preset {
         {
             return Err("domain_randomisation's synthetic shares must be in [0, 1]".into());
         }
-        if !t.domain_randomisation.is_empty() && n.architecture != Architecture::UNet {
-            return Err("domain_randomisation is for the U-Net's crops".into());
-        }
-        if n.architecture == Architecture::UNet {
-            if n.unet_levels == 0 || n.unet_levels > 6 || n.unet_width == 0 {
-                return Err("unet_levels must be 1 to 6 and unet_width at least 1".into());
-            }
-            if t.crop == 0 || !t.crop.is_multiple_of(n.unet_multiple()) {
-                return Err(format!(
-                    "crop must be a positive multiple of {} for {} U-Net levels",
-                    n.unet_multiple(),
-                    n.unet_levels
-                ));
-            }
-        }
         Ok(())
     }
 }
@@ -381,11 +538,14 @@ mod tests {
     #[test]
     fn paper_preset_matches_the_paper() {
         let p = Preset::paper();
-        assert_eq!(p.network.depth, 25);
-        assert_eq!(p.network.patch_size(), 51);
-        assert_eq!(p.network.kernels, 32);
-        assert_eq!(p.network.fc_width, 256);
-        assert_eq!(p.network.dropout, 0.5);
+        let NetworkConfig::Triplanar(n) = &p.network else {
+            panic!("the paper's network is triplanar")
+        };
+        assert_eq!(n.depth, 25);
+        assert_eq!(n.patch_size(), 51);
+        assert_eq!(n.kernels, 32);
+        assert_eq!(n.fc_width, 256);
+        assert_eq!(n.dropout, 0.5);
         assert_eq!(p.training.tile, 1);
         assert_eq!(p.training.samples_per_task * 3, 210);
     }
@@ -396,7 +556,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "preset = \"paper\"\n[training]\ntile = 4\n").unwrap();
         let p = Preset::named_or_file(path.to_str().unwrap()).unwrap();
-        assert_eq!(p.network.depth, 25);
+        assert_eq!(p.network, Preset::paper().network);
         assert_eq!(p.training.tile, 4);
         let bad = dir.path().join("b.json");
         std::fs::write(&bad, r#"{"network": {"depht": 3}}"#).unwrap();
@@ -432,6 +592,61 @@ mod tests {
         assert!(err.to_string().contains("samples_by_task"), "{err}");
     }
 
+    /// Model files written before the configs were split by architecture hold every field of
+    /// both side by side (and, before the U-Net, no architecture): they read as the network
+    /// they describe. The new form reads back as written.
+    #[test]
+    fn old_and_new_network_sections_read_as_their_architecture() {
+        let read = |json: &str| serde_json::from_str::<NetworkConfig>(json).unwrap();
+        let unet = read(
+            r#"{"architecture": "u_net", "depth": 25, "kernels": 32, "fc_width": 256,
+                "dropout": 0.5, "output_mode": "per_task", "unet_levels": 4, "unet_width": 24}"#,
+        );
+        assert_eq!(
+            unet,
+            UNetConfig::new()
+                .with_width(24)
+                .with_output_mode(OutputMode::PerTask)
+                .into()
+        );
+        let triplanar = read(
+            r#"{"architecture": "triplanar", "depth": 12, "kernels": 16, "fc_width": 64,
+                "dropout": 0.2, "output_mode": "union", "unet_levels": 4, "unet_width": 16}"#,
+        );
+        let expected: NetworkConfig = TriplanarConfig::new()
+            .with_depth(12)
+            .with_kernels(16)
+            .with_fc_width(64)
+            .with_dropout(0.2)
+            .into();
+        assert_eq!(triplanar, expected);
+        let before_the_unet = read(
+            r#"{"depth": 12, "kernels": 16, "fc_width": 64, "dropout": 0.2,
+                "output_mode": "union"}"#,
+        );
+        assert_eq!(before_the_unet, expected);
+        for config in [unet, expected] {
+            let written = serde_json::to_string(&config).unwrap();
+            assert_eq!(read(&written), config, "{written}");
+        }
+        assert!(serde_json::from_str::<NetworkConfig>(r#"{"depht": 3}"#).is_err());
+    }
+
+    /// A settings file names only its architecture's fields; another architecture starts
+    /// from that architecture's defaults.
+    #[test]
+    fn a_settings_file_may_switch_the_architecture_but_not_mix_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[network]\narchitecture = \"unet\"\nwidth = 8\n").unwrap();
+        let p = Preset::named_or_file(path.to_str().unwrap()).unwrap();
+        assert_eq!(p.network, UNetConfig::new().with_width(8).into());
+        std::fs::write(&path, "preset = \"unet\"\n[network]\ndepth = 8\n").unwrap();
+        let err = Preset::named_or_file(path.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("network.depth"), "{err}");
+        assert!(err.to_string().contains("width"), "{err}");
+    }
+
     /// The settings files that the model card and the results' commands train with still load.
     #[test]
     fn the_repositorys_settings_files_load() {
@@ -448,7 +663,7 @@ mod tests {
         ] {
             let p = Preset::named_or_file(root.join(file).to_str().unwrap())
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert_eq!(p.network.architecture, architecture, "{file}");
+            assert_eq!(p.network.architecture(), architecture, "{file}");
             assert_eq!(p.training.blur_probability, blur, "{file}");
         }
         // The fine-tuning starts from unet.toml's model, so it must describe the same network.

@@ -23,8 +23,9 @@ use crate::error::{Error, Result};
 use crate::preprocess::Preprocessing;
 
 const MAGIC: &[u8; 8] = b"MTSEG\0\0\x01";
-/// Bumped whenever the layout or the metadata changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the layout or the metadata changes incompatibly. 2: the network section
+/// holds only its architecture's fields ([`NetworkConfig`]); files of version 1 still read.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One task as the model knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,10 +138,8 @@ pub struct ModelFile {
 /// Settings added after a file was written (the U-Net's, for one) take their defaults, which
 /// are what that file's network was trained with.
 fn with_default_settings(mut meta: serde_json::Value) -> serde_json::Value {
-    let defaults = [
-        ("network", serde_json::to_value(NetworkConfig::new())),
-        ("training", serde_json::to_value(TrainConfig::new())),
-    ];
+    // (The network's own defaults are filled in as it is read: NetworkConfig's Deserialize.)
+    let defaults = [("training", serde_json::to_value(TrainConfig::new()))];
     for (section, default) in defaults {
         let written = meta.get_mut(section).and_then(|s| s.as_object_mut());
         if let (Some(written), Ok(serde_json::Value::Object(default))) = (written, default) {
@@ -200,13 +199,16 @@ impl ModelFile {
             sections.push(rest[..len].to_vec());
             rest = &rest[len..];
         }
-        let meta: ModelMeta = serde_json::from_slice(&sections[0])
+        let mut meta: ModelMeta = serde_json::from_slice(&sections[0])
             .map(with_default_settings)
             .and_then(serde_json::from_value)
             .map_err(|e| Error::invalid(path, format!("unreadable model metadata: {e}")))?;
         if meta.format_version != version {
             return Err(bad("metadata and header disagree on the format version"));
         }
+        // Read into this version's form: written again (a resumed checkpoint), it is this
+        // version's file.
+        meta.format_version = FORMAT_VERSION;
         let [_, weights, optimizer, trainer_state] =
             <[Vec<u8>; 4]>::try_from(sections).expect("4 sections");
         Ok(ModelFile {

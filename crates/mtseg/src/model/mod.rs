@@ -17,7 +17,10 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 
-pub use config::{Architecture, NetworkConfig, OutputMode, Preset, TaskShare, TrainConfig};
+pub use config::{
+    Architecture, NetworkConfig, OutputMode, Preset, TaskShare, TrainConfig, TriplanarConfig,
+    UNetConfig,
+};
 pub use file::{ModelFile, ModelMeta, TaskMeta};
 pub use network::{Orientation, TriplanarNet};
 pub use output::OutputLayout;
@@ -50,7 +53,8 @@ pub(crate) fn with_seed<R>(device: &Device, seed: u64, draw: impl FnOnce() -> R)
     draw()
 }
 
-/// A freshly initialised triplanar network, deterministic for a given seed.
+/// A freshly initialised triplanar network, deterministic for a given seed (the defaults'
+/// sizes if `meta` describes a U-Net).
 pub fn init_network(meta: &ModelMeta, seed: u64, device: &Device) -> TriplanarNet {
     let Network::Triplanar(net) = Network::init(&triplanar(meta), seed, device) else {
         unreachable!("a triplanar configuration gives a triplanar network")
@@ -71,18 +75,19 @@ pub fn network_from_bytes(
     device: &Device,
     path: &Path,
 ) -> Result<TriplanarNet> {
-    let net = TriplanarNet::new(
-        &meta.network,
-        meta.layout.channels(),
-        meta.tasks.len(),
-        device,
-    );
+    let NetworkConfig::Triplanar(config) = &triplanar(meta).network else {
+        unreachable!("triplanar() gives a triplanar configuration")
+    };
+    let net = TriplanarNet::new(config, meta.layout.channels(), meta.tasks.len(), device);
     load_weights(net, weights, path)
 }
 
+/// `meta` with a triplanar network (its own, or the defaults in place of a U-Net).
 fn triplanar(meta: &ModelMeta) -> ModelMeta {
     let mut meta = meta.clone();
-    meta.network.architecture = Architecture::Triplanar;
+    if meta.network.architecture() != Architecture::Triplanar {
+        meta.network = NetworkConfig::default_for(Architecture::Triplanar);
+    }
     meta
 }
 
@@ -121,13 +126,11 @@ impl Network {
     pub fn init(meta: &ModelMeta, seed: u64, device: &Device) -> Network {
         with_seed(device, seed, || {
             let (outputs, tasks) = (meta.layout.channels(), meta.tasks.len());
-            let net = match meta.network.architecture {
-                Architecture::Triplanar => {
-                    Network::Triplanar(TriplanarNet::new(&meta.network, outputs, tasks, device))
+            let net = match &meta.network {
+                NetworkConfig::Triplanar(c) => {
+                    Network::Triplanar(TriplanarNet::new(c, outputs, tasks, device))
                 }
-                Architecture::UNet => {
-                    Network::UNet(UNet::new(&meta.network, outputs, tasks, device))
-                }
+                NetworkConfig::UNet(c) => Network::UNet(UNet::new(c, outputs, tasks, device)),
             };
             match &net {
                 Network::Triplanar(n) => n.visit(&mut Materialise),
@@ -144,17 +147,12 @@ impl Network {
         device: &Device,
         path: &Path,
     ) -> Result<Network> {
-        Ok(match meta.network.architecture {
-            Architecture::Triplanar => {
+        Ok(match &meta.network {
+            NetworkConfig::Triplanar(_) => {
                 Network::Triplanar(network_from_bytes(meta, weights, device, path)?)
             }
-            Architecture::UNet => {
-                let net = UNet::new(
-                    &meta.network,
-                    meta.layout.channels(),
-                    meta.tasks.len(),
-                    device,
-                );
+            NetworkConfig::UNet(c) => {
+                let net = UNet::new(c, meta.layout.channels(), meta.tasks.len(), device);
                 Network::UNet(load_weights(net, weights, path)?)
             }
         })

@@ -18,7 +18,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::activation::elu;
 
-use super::config::NetworkConfig;
+use super::config::TriplanarConfig;
 
 /// The three orthogonal planes of the paper, each seen by its own branch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -125,7 +125,7 @@ pub struct CubeOutput {
 }
 
 impl TriplanarNet {
-    pub fn new(config: &NetworkConfig, outputs: usize, tasks: usize, device: &Device) -> Self {
+    pub fn new(config: &TriplanarConfig, outputs: usize, tasks: usize, device: &Device) -> Self {
         let branch = || Branch {
             layers: (0..config.depth)
                 .map(|i| {

@@ -4,7 +4,7 @@ use burn::tensor::Distribution;
 use super::*;
 use crate::test_support::{tiny_network, two_task_meta, unet_meta};
 
-fn meta(network: NetworkConfig) -> ModelMeta {
+fn meta(network: impl Into<NetworkConfig>) -> ModelMeta {
     two_task_meta(network, &[(0, "a", 1), (1, "b", 1)])
 }
 
@@ -14,6 +14,7 @@ fn a_patch_of_the_receptive_field_gives_one_voxel_and_larger_patches_give_tiles(
     for network in [Preset::paper().network, Preset::small().network] {
         let m = meta(network.clone());
         let net = init_network(&m, 1, &device).valid();
+        let network = network.as_triplanar().unwrap();
         let p = network.patch_size();
         assert_eq!(p, 1 + 2 * network.depth);
         for k in [1, 3] {
@@ -33,7 +34,7 @@ fn gradients_match_finite_differences() {
     let device = Device::flex().autodiff();
     let net = init_network(&m, 3, &device);
     let k = 2;
-    let side = m.network.patch_size() + k - 1;
+    let side = m.network.as_triplanar().unwrap().patch_size() + k - 1;
     let base: Vec<Vec<f32>> = (0..3)
         .map(|o| {
             (0..k * side * side)
@@ -171,7 +172,8 @@ fn unet_model_files_round_trip() {
     assert!(err.contains("do not fit"), "{err}");
 }
 
-/// A file written before the U-Net settings existed reads as the triplanar network it is.
+/// A file of format version 1 written before the U-Net existed (no architecture, no U-Net
+/// settings, no crop) reads as the triplanar network it is, in this version's form.
 #[test]
 fn files_without_newer_settings_read_with_their_defaults() {
     let m = meta(tiny_network());
@@ -182,20 +184,19 @@ fn files_without_newer_settings_read_with_their_defaults() {
         trainer_state: vec![],
     };
     let mut json = serde_json::to_value(&m).unwrap();
-    for (section, key) in [
-        ("network", "architecture"),
-        ("network", "unet_levels"),
-        ("network", "unet_width"),
-        ("training", "crop"),
-    ] {
-        json[section].as_object_mut().unwrap().remove(key);
-    }
+    json["format_version"] = 1.into();
+    json["network"]
+        .as_object_mut()
+        .unwrap()
+        .remove("architecture");
+    json["training"].as_object_mut().unwrap().remove("crop");
     let old = serde_json::to_vec(&json).unwrap();
     // Rebuild the file around the old metadata (the layout of ModelFile::to_bytes).
     let new = serde_json::to_vec(&m).unwrap();
     let bytes = file.to_bytes();
     let start = 8 + 4 + 8;
-    let mut rebuilt = bytes[..12].to_vec();
+    let mut rebuilt = bytes[..8].to_vec();
+    rebuilt.extend_from_slice(&1u32.to_le_bytes());
     rebuilt.extend_from_slice(&(old.len() as u64).to_le_bytes());
     rebuilt.extend_from_slice(&old);
     rebuilt.extend_from_slice(&bytes[start + new.len()..bytes.len() - 4]);
@@ -203,5 +204,5 @@ fn files_without_newer_settings_read_with_their_defaults() {
     rebuilt.extend_from_slice(&crc.to_le_bytes());
     let read = ModelFile::from_bytes(std::path::Path::new("old.mtseg"), &rebuilt).unwrap();
     assert_eq!(read.meta, m);
-    assert_eq!(read.meta.network.architecture, Architecture::Triplanar);
+    assert_eq!(read.meta.network.architecture(), Architecture::Triplanar);
 }

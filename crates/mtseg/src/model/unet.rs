@@ -18,7 +18,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::config::NetworkConfig;
+use super::config::UNetConfig;
 
 /// Neighbouring slices on each side of the segmented one, as extra input channels.
 pub const CONTEXT_SLICES: usize = 1;
@@ -70,9 +70,9 @@ pub struct UNet {
 }
 
 impl UNet {
-    pub fn new(config: &NetworkConfig, outputs: usize, tasks: usize, device: &Device) -> Self {
-        let levels = config.unet_levels.max(1);
-        let width = |level: usize| config.unet_width << level;
+    pub fn new(config: &UNetConfig, outputs: usize, tasks: usize, device: &Device) -> Self {
+        let levels = config.levels.max(1);
+        let width = |level: usize| config.width << level;
         let encoder = (0..levels)
             .map(|l| {
                 let input = if l == 0 { INPUT_CHANNELS } else { width(l - 1) };
@@ -145,12 +145,12 @@ mod tests {
     fn logits_keep_the_slice_size_at_every_level_count() {
         let device = Device::flex();
         for levels in [1, 2, 3] {
-            let config = NetworkConfig::new()
-                .with_unet_levels(levels)
-                .with_unet_width(4)
+            let config = UNetConfig::new()
+                .with_levels(levels)
+                .with_width(4)
                 .with_output_mode(OutputMode::PerTask);
             let net = UNet::new(&config, 5, 2, &device);
-            assert_eq!(net.multiple(), config.unet_multiple());
+            assert_eq!(net.multiple(), config.multiple());
             let x = Tensor::<4>::ones([2, INPUT_CHANNELS, 8, 12], &device);
             let (logits, task) = net.forward(x);
             assert_eq!(logits.dims(), [2, 5, 8, 12]);

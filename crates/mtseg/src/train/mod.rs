@@ -20,7 +20,7 @@ use crate::device::Hardware;
 use crate::engine::{StepInput, Stepper, dense_engine};
 use crate::error::{Error, Result};
 use crate::model::{
-    Architecture, ModelFile, ModelMeta, Network, OutputLayout, Preset, TaskMeta,
+    Architecture, ModelFile, ModelMeta, Network, NetworkConfig, OutputLayout, Preset, TaskMeta,
     file::{Expected, FORMAT_VERSION},
 };
 use crate::preprocess::Normalization;
@@ -134,7 +134,7 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
             ct.name, ct.modality
         )));
     }
-    let layout = OutputLayout::new(&set.space, request.preset.network.output_mode);
+    let layout = OutputLayout::new(&set.space, request.preset.network.output_mode());
     let mut volumes = Vec::new();
     let mut validation = Vec::new();
     let mut tasks = Vec::new();
@@ -307,7 +307,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     // burn's optimizer updates parameters of an autodiff module; on the CPU the gradients
     // come from mtseg's kernels as plain tensors, on a GPU from burn's autodiff. A missing
     // GPU is reported before the datasets are read.
-    if request.preset.network.architecture == Architecture::UNet && request.gpus > 1 {
+    if request.preset.network.architecture() == Architecture::UNet && request.gpus > 1 {
         return Err(Error::usage(
             "the U-Net trains on one device: leave out --gpus",
         ));
@@ -383,7 +383,6 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         (net, adam(&config).init(), state)
     };
 
-    let receptive_field = meta.network.patch_size();
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     let mut stopped_early = false;
@@ -395,10 +394,13 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         let lr = learning_rate(&config, state.iteration);
         let (next, loss, samples, voxels) = match net {
             Network::Triplanar(triplanar) => {
+                let NetworkConfig::Triplanar(sizes) = &meta.network else {
+                    unreachable!("a triplanar network has a triplanar configuration")
+                };
                 let batch = state.sampler.next_batch(
                     &data.volumes,
                     &data.draws,
-                    receptive_field,
+                    sizes.patch_size(),
                     &config,
                     &meta.layout,
                 );
@@ -406,7 +408,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
                     batch: &batch,
                     layout: &meta.layout,
                     config: &config,
-                    dropout: meta.network.dropout,
+                    dropout: sizes.dropout,
                     lr,
                     seed: iteration_seed(config.seed, iteration),
                 };
