@@ -21,6 +21,7 @@ use crate::engine::{StepInput, Stepper, dense_engine};
 use crate::error::{Error, Result};
 use crate::model::{
     Architecture, ModelFile, ModelMeta, Network, NetworkConfig, OutputLayout, Preset, TaskMeta,
+    TrainConfig,
     file::{Expected, FORMAT_VERSION},
 };
 use crate::preprocess::Normalization;
@@ -291,8 +292,8 @@ fn load_checkpoint(out: &Path, observer: &mut dyn Observer) -> Result<ModelFile>
     }
 }
 
-/// Saves a checkpoint, keeping the one before it as a fallback.
-fn save_checkpoint(out: &Path, file: &ModelFile) -> Result<()> {
+/// Saves a checkpoint file, keeping the one before it as a fallback.
+fn rotate_and_save_checkpoint(out: &Path, file: &ModelFile) -> Result<()> {
     let newest = checkpoint_path(out);
     if newest.is_file() {
         let previous = previous_checkpoint_path(out);
@@ -320,68 +321,7 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
     let config = request.preset.training.clone();
     let mut meta = data.meta.clone();
 
-    // A crash between rotating and writing checkpoints leaves only the previous one.
-    let has_checkpoint =
-        checkpoint_path(&request.out).is_file() || previous_checkpoint_path(&request.out).is_file();
-    let (mut net, mut optimizer, mut state) = if request.resume && has_checkpoint {
-        let file = load_checkpoint(&request.out, observer)?;
-        check_compatible(
-            &file.meta,
-            &meta,
-            &checkpoint_path(&request.out),
-            Origin::Checkpoint,
-        )?;
-        let net = Network::from_bytes(
-            &file.meta,
-            &file.weights,
-            &device,
-            &checkpoint_path(&request.out),
-        )?;
-        let optimizer: ModuleOptimizer = adam(&config)
-            .init()
-            .from_bytes(Bytes::from_bytes_vec(file.optimizer.clone()))
-            .map_err(|e| {
-                Error::invalid(
-                    checkpoint_path(&request.out),
-                    format!("unreadable optimizer state: {e:?}"),
-                )
-            })?;
-        let state: TrainerState = serde_json::from_slice(&file.trainer_state).map_err(|e| {
-            Error::invalid(
-                checkpoint_path(&request.out),
-                format!("unreadable trainer state: {e}"),
-            )
-        })?;
-        observer.message(&format!("resuming at iteration {}", state.iteration));
-        (net, optimizer, state)
-    } else {
-        if request.resume {
-            observer.message("no checkpoint to resume from: starting afresh");
-        }
-        let net = match &request.init_weights {
-            Some(path) => {
-                let file = ModelFile::load(path)?;
-                check_compatible(&file.meta, &meta, path, Origin::Model)?;
-                observer.message(&format!("starting from the weights of {}", path.display()));
-                Network::from_bytes(&file.meta, &file.weights, &device, path)?
-            }
-            None => Network::init(&meta, config.seed, &device),
-        };
-        let state = TrainerState {
-            iteration: 0,
-            sampler: BalancedSampler::new(config.seed),
-            history: History {
-                class_names: (1..meta.label_space.num_classes() as u16)
-                    .map(|j| meta.label_space.joint_name(j))
-                    .collect(),
-                ..History::default()
-            },
-            best_dice: None,
-            validations_since_best: 0,
-            elapsed_s: 0.0,
-        };
-        (net, adam(&config).init(), state)
-    };
+    let (mut net, mut optimizer, mut state) = start_or_resume(request, &meta, &device, observer)?;
 
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
@@ -392,44 +332,17 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         let iteration = state.iteration + 1;
         let step_start = Instant::now();
         let lr = learning_rate(&config, state.iteration);
-        let (next, loss, samples, voxels) = match net {
-            Network::Triplanar(triplanar) => {
-                let NetworkConfig::Triplanar(sizes) = &meta.network else {
-                    unreachable!("a triplanar network has a triplanar configuration")
-                };
-                let batch = state.sampler.next_batch(
-                    &data.volumes,
-                    &data.draws,
-                    sizes.patch_size(),
-                    &config,
-                    &meta.layout,
-                );
-                let input = StepInput {
-                    batch: &batch,
-                    layout: &meta.layout,
-                    config: &config,
-                    dropout: sizes.dropout,
-                    lr,
-                    seed: iteration_seed(config.seed, iteration),
-                };
-                let (next, loss) = stepper.step(triplanar, &mut optimizer, &input)?;
-                (
-                    Network::Triplanar(next),
-                    loss,
-                    batch.cubes,
-                    batch.targets.len(),
-                )
-            }
-            Network::UNet(unet) => {
-                let crops =
-                    state
-                        .sampler
-                        .next_crops(&data.volumes, &data.draws, &config, &meta.layout);
-                let (next, loss) =
-                    stepper.unet_step(unet, &mut optimizer, &crops, &meta.layout, &config, lr);
-                (Network::UNet(next), loss, crops.count, crops.targets.len())
-            }
-        };
+        let (next, loss, samples, voxels) = step(
+            net,
+            &mut state.sampler,
+            &data,
+            &meta,
+            &config,
+            &stepper,
+            &mut optimizer,
+            lr,
+            iteration,
+        )?;
         net = next;
         let seconds = step_start.elapsed().as_secs_f64();
         voxels_done += voxels;
@@ -456,53 +369,14 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
             && config.validate_every > 0
             && (iteration % config.validate_every == 0 || last)
         {
-            let evaluation_net = net.valid();
-            let row = validate::validate(
-                dense_engine(&evaluation_net, request.hardware, &device)
-                    .0
-                    .as_ref(),
-                &meta.layout,
-                &meta.label_space,
-                &data.validation,
-                iteration,
-            );
-            observer.validated(&row);
-            let improved = state.best_dice.is_none_or(|b| row.mean_dice > b);
-            if improved {
-                state.best_dice = Some(row.mean_dice);
-                state.validations_since_best = 0;
-                meta.iterations = iteration;
-                meta.validation_dice = Some(row.mean_dice);
-                write_model(&request.out, &meta, &evaluation_net)?;
-            } else {
-                state.validations_since_best += 1;
-            }
-            state.history.validations.push(row);
-            if config.patience > 0 && state.validations_since_best >= config.patience {
-                observer.message(&format!(
-                    "validation Dice has not improved for {} validations: stopping early",
-                    config.patience
-                ));
-                stopped_early = true;
-            }
+            stopped_early = validate_and_keep_best(
+                request, &data, &mut meta, &mut state, &net, &device, observer,
+            )?;
         }
         let stop = last || stopped_early;
         if iteration % config.checkpoint_every.max(1) == 0 || stop {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            let file = ModelFile {
-                meta: ModelMeta {
-                    iterations: iteration,
-                    ..meta.clone()
-                },
-                weights: net.to_bytes()?,
-                optimizer: optimizer
-                    .into_bytes()
-                    .map_err(|e| Error::usage(format!("cannot serialise the optimizer: {e:?}")))?
-                    .to_vec(),
-                trainer_state: serde_json::to_vec(&state).expect("trainer state serialises"),
-            };
-            save_checkpoint(&request.out, &file)?;
-            state.history.write_csv(&request.out.join("log.csv"))?;
+            save_checkpoint(&request.out, &meta, &net, &optimizer, &state)?;
         }
         if stop {
             if out_of_time {
@@ -531,6 +405,198 @@ pub fn train(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Trai
         seconds,
         voxels_per_s: voxels_done as f64 / seconds.max(1e-9),
     })
+}
+
+/// The network, optimizer and trainer state to train from: the checkpoint in `request.out`
+/// when resuming, else fresh ones (the network from `request.init_weights` if given).
+fn start_or_resume(
+    request: &TrainRequest,
+    meta: &ModelMeta,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<(Network, ModuleOptimizer, TrainerState)> {
+    let config = &request.preset.training;
+    // A crash between rotating and writing checkpoints leaves only the previous one.
+    let has_checkpoint =
+        checkpoint_path(&request.out).is_file() || previous_checkpoint_path(&request.out).is_file();
+    Ok(if request.resume && has_checkpoint {
+        let file = load_checkpoint(&request.out, observer)?;
+        check_compatible(
+            &file.meta,
+            meta,
+            &checkpoint_path(&request.out),
+            Origin::Checkpoint,
+        )?;
+        let net = Network::from_bytes(
+            &file.meta,
+            &file.weights,
+            device,
+            &checkpoint_path(&request.out),
+        )?;
+        let optimizer: ModuleOptimizer = adam(config)
+            .init()
+            .from_bytes(Bytes::from_bytes_vec(file.optimizer.clone()))
+            .map_err(|e| {
+                Error::invalid(
+                    checkpoint_path(&request.out),
+                    format!("unreadable optimizer state: {e:?}"),
+                )
+            })?;
+        let state: TrainerState = serde_json::from_slice(&file.trainer_state).map_err(|e| {
+            Error::invalid(
+                checkpoint_path(&request.out),
+                format!("unreadable trainer state: {e}"),
+            )
+        })?;
+        observer.message(&format!("resuming at iteration {}", state.iteration));
+        (net, optimizer, state)
+    } else {
+        if request.resume {
+            observer.message("no checkpoint to resume from: starting afresh");
+        }
+        let net = match &request.init_weights {
+            Some(path) => {
+                let file = ModelFile::load(path)?;
+                check_compatible(&file.meta, meta, path, Origin::Model)?;
+                observer.message(&format!("starting from the weights of {}", path.display()));
+                Network::from_bytes(&file.meta, &file.weights, device, path)?
+            }
+            None => Network::init(meta, config.seed, device),
+        };
+        let state = TrainerState {
+            iteration: 0,
+            sampler: BalancedSampler::new(config.seed),
+            history: History {
+                class_names: (1..meta.label_space.num_classes() as u16)
+                    .map(|j| meta.label_space.joint_name(j))
+                    .collect(),
+                ..History::default()
+            },
+            best_dice: None,
+            validations_since_best: 0,
+            elapsed_s: 0.0,
+        };
+        (net, adam(config).init(), state)
+    })
+}
+
+/// One optimisation step on the sampler's next batch: the updated network, the loss, and the
+/// batch's samples and labelled voxels.
+#[allow(clippy::too_many_arguments)]
+fn step(
+    net: Network,
+    sampler: &mut BalancedSampler,
+    data: &TrainingData,
+    meta: &ModelMeta,
+    config: &TrainConfig,
+    stepper: &Stepper,
+    optimizer: &mut ModuleOptimizer,
+    lr: f64,
+    iteration: usize,
+) -> Result<(Network, f64, usize, usize)> {
+    Ok(match net {
+        Network::Triplanar(triplanar) => {
+            let NetworkConfig::Triplanar(sizes) = &meta.network else {
+                unreachable!("a triplanar network has a triplanar configuration")
+            };
+            let batch = sampler.next_batch(
+                &data.volumes,
+                &data.draws,
+                sizes.patch_size(),
+                config,
+                &meta.layout,
+            );
+            let input = StepInput {
+                batch: &batch,
+                layout: &meta.layout,
+                config,
+                dropout: sizes.dropout,
+                lr,
+                seed: iteration_seed(config.seed, iteration),
+            };
+            let (next, loss) = stepper.step(triplanar, optimizer, &input)?;
+            (
+                Network::Triplanar(next),
+                loss,
+                batch.cubes,
+                batch.targets.len(),
+            )
+        }
+        Network::UNet(unet) => {
+            let crops = sampler.next_crops(&data.volumes, &data.draws, config, &meta.layout);
+            let (next, loss) = stepper.unet_step(unet, optimizer, &crops, &meta.layout, config, lr);
+            (Network::UNet(next), loss, crops.count, crops.targets.len())
+        }
+    })
+}
+
+/// Validates `net` on the held-out cases; a new best is written as the model. Returns whether
+/// training stops early (no improvement for `patience` validations).
+fn validate_and_keep_best(
+    request: &TrainRequest,
+    data: &TrainingData,
+    meta: &mut ModelMeta,
+    state: &mut TrainerState,
+    net: &Network,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<bool> {
+    let iteration = state.iteration;
+    let evaluation_net = net.valid();
+    let row = validate::validate(
+        dense_engine(&evaluation_net, request.hardware, device)
+            .0
+            .as_ref(),
+        &meta.layout,
+        &meta.label_space,
+        &data.validation,
+        iteration,
+    );
+    observer.validated(&row);
+    let improved = state.best_dice.is_none_or(|b| row.mean_dice > b);
+    if improved {
+        state.best_dice = Some(row.mean_dice);
+        state.validations_since_best = 0;
+        meta.iterations = iteration;
+        meta.validation_dice = Some(row.mean_dice);
+        write_model(&request.out, meta, &evaluation_net)?;
+    } else {
+        state.validations_since_best += 1;
+    }
+    state.history.validations.push(row);
+    let config = &request.preset.training;
+    let stop = config.patience > 0 && state.validations_since_best >= config.patience;
+    if stop {
+        observer.message(&format!(
+            "validation Dice has not improved for {} validations: stopping early",
+            config.patience
+        ));
+    }
+    Ok(stop)
+}
+
+/// Saves a checkpoint of the training so far (model, optimizer, trainer state) and the log.
+fn save_checkpoint(
+    out: &Path,
+    meta: &ModelMeta,
+    net: &Network,
+    optimizer: &ModuleOptimizer,
+    state: &TrainerState,
+) -> Result<()> {
+    let file = ModelFile {
+        meta: ModelMeta {
+            iterations: state.iteration,
+            ..meta.clone()
+        },
+        weights: net.to_bytes()?,
+        optimizer: optimizer
+            .into_bytes()
+            .map_err(|e| Error::usage(format!("cannot serialise the optimizer: {e:?}")))?
+            .to_vec(),
+        trainer_state: serde_json::to_vec(state).expect("trainer state serialises"),
+    };
+    rotate_and_save_checkpoint(out, &file)?;
+    state.history.write_csv(&out.join("log.csv"))
 }
 
 /// Decides, on the validation cases, for which tasks `segment` keeps only the largest
