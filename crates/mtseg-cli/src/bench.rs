@@ -20,7 +20,6 @@ use serde::Serialize;
 use mtseg::data::Batch;
 use mtseg::datasets::{ClassInfo, LabelSpace, Modality, TaskInfo};
 use mtseg::device::Hardware;
-use mtseg::engine::matmul;
 use mtseg::engine::{Dense, DenseSettings, NetworkInput, TriplanarEngine};
 use mtseg::error::{Error, Result};
 use mtseg::infer::{TaskChoice, segment};
@@ -29,6 +28,7 @@ use mtseg::model::{
     file::FORMAT_VERSION,
 };
 use mtseg::preprocess::{Normalization, Preprocessing};
+use mtseg_kernels::matmul;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {

@@ -1,18 +1,13 @@
-//! mtseg's own CPU kernels for both networks: forward and backward for training (the
-//! triplanar network's `train`, the U-Net's `unet_train`), and fused, batch-norm-folded
-//! inference (the U-Net's in `unet`); the
-//! convolutions on a SIMD kernel of our own (`direct`), most of them through Winograd's
-//! transform (`winograd`), the dense layers on the `gemm` crate, both cores through rayon.
-//! The burn network holds the weights and is the reference the kernels are tested against; on the CPU these
-//! kernels are the one path users run.
+//! Stage 8, running the networks: one inference boundary ([`Dense`]) with an engine per
+//! architecture, each on mtseg's CPU kernels (the `mtseg-kernels` crate) or through burn on
+//! a device; and one training step on either ([`Stepper`]): the kernels' forward and backward
+//! passes (the triplanar network's `train`, the U-Net's `unet_train`) or burn's autodiff. The
+//! burn networks hold the weights and are the reference the kernels are tested against; on
+//! the CPU these kernels are the one path users run.
 
-pub mod activation;
-pub mod conv;
 pub mod dense;
-pub mod direct;
 pub mod gradients;
 pub mod loss;
-pub mod matmul;
 pub mod network;
 #[cfg(test)]
 mod params;
@@ -22,7 +17,6 @@ pub mod triplanar_engine;
 pub mod unet;
 pub mod unet_engine;
 pub mod unet_train;
-pub mod winograd;
 
 pub use dense::{Dense, DenseSettings, NetworkInput, Sampled};
 pub use gradients::{LayerGradients, LinearGradients};

@@ -4,16 +4,16 @@
 
 use rayon::prelude::*;
 
-use super::activation::elu_in_place;
-use super::conv::Conv3x3;
-use super::matmul::{View, matmul};
-use super::winograd::PreparedConv;
 use crate::engine::values;
 use crate::model::{Orientation, TriplanarNet};
 use burn::module::Param;
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use mtseg_kernels::activation::elu_in_place;
+use mtseg_kernels::conv::Conv3x3;
+use mtseg_kernels::matmul::{View, matmul};
+use mtseg_kernels::winograd::PreparedConv;
 
 /// A convolution and the batch norm after it: a layer of a triplanar branch (or half a U-Net
 /// block).

@@ -11,17 +11,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::activation::{elu, elu_derivative_from_output, elu_in_place};
-use super::conv::{BackwardScratch, backward_image, input_gradient};
 use super::gradients::{Filing, LayerGradients, LinearGradients, update_running};
-use super::matmul::{View, matmul};
 use super::network::{CpuNetwork, FullyConnected};
-use super::winograd::PreparedConv;
 use crate::data::Batch;
 use crate::engine::loss::{task_runs, voxel_weights};
 use crate::model::{Orientation, OutputLayout, OutputMode, TrainConfig, TriplanarNet};
 use burn::optim::GradientsParams;
 use burn::prelude::Device;
+use mtseg_kernels::activation::{elu, elu_derivative_from_output, elu_in_place};
+use mtseg_kernels::conv::{BackwardScratch, backward_image, input_gradient};
+use mtseg_kernels::matmul::{View, matmul};
+use mtseg_kernels::winograd::PreparedConv;
 
 /// Batch-norm running statistics move this far towards each batch's (as in burn).
 pub(super) const MOMENTUM: f32 = 0.1;

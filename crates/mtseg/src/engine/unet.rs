@@ -5,14 +5,14 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{View, matmul};
 use super::network::{FullyConnected, bias_or_zeros, conv_and_norm, pixelwise};
-use super::winograd::PreparedConv;
 use crate::engine::values;
 use crate::model::UNet;
 use crate::model::unet::{Block, INPUT_CHANNELS};
 use burn::nn::BatchNorm;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
+use mtseg_kernels::matmul::{View, matmul};
+use mtseg_kernels::winograd::PreparedConv;
 
 /// A 3x3 convolution with the batch norm after it folded in (running statistics).
 fn folded_conv(conv: &Conv2d, norm: &BatchNorm) -> PreparedConv {

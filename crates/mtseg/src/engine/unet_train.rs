@@ -15,20 +15,20 @@ use burn::prelude::*;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::conv::{BackwardScratch, backward_image};
 use super::gradients::{Filing, LayerGradients, LinearGradients, update_running};
-use super::matmul::{View, matmul};
 use super::network::{BranchLayer, FullyConnected, conv_and_norm, pixelwise};
 use super::train::{
     add_channel_sums, add_soft_dice, batch_statistics, dense_backward, moved_towards,
     norm_gradients, normalise_and_relu, softmax_cross_entropy, sum_in_order,
 };
 use super::unet::{UpConv, max_pool, pad_by_one};
-use super::winograd::PreparedConv;
 use crate::data::Crops;
 use crate::engine::loss::task_runs;
 use crate::model::unet::{Block, INPUT_CHANNELS};
 use crate::model::{OutputLayout, OutputMode, TrainConfig, UNet};
+use mtseg_kernels::conv::{BackwardScratch, backward_image};
+use mtseg_kernels::matmul::{View, matmul};
+use mtseg_kernels::winograd::PreparedConv;
 
 /// Pixels per parallel chunk of the element-wise passes (times the channels).
 const CHUNK_PIXELS: usize = 1024;

@@ -360,8 +360,8 @@ kernel!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::conv::forward_image;
-    use crate::engine::conv::tests::{conv, image, reference};
+    use crate::conv::forward_image;
+    use crate::conv::tests::{conv, image, reference};
 
     fn assert_close(got: &[f32], expected: &[f32], what: &str) {
         assert_eq!(got.len(), expected.len());

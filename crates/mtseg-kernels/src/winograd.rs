@@ -388,8 +388,8 @@ mod compiled {
             }
         };
     }
-    compiled_for!(avx512, "avx512f", crate::engine::winograd::WIDE_LANES);
-    compiled_for!(avx2, "avx2,fma", crate::engine::winograd::LANES);
+    compiled_for!(avx512, "avx512f", crate::winograd::WIDE_LANES);
+    compiled_for!(avx2, "avx2,fma", crate::winograd::LANES);
 
     /// SAFETY: the CPU has `isa`.
     pub unsafe fn inputs(isa: Isa, batch: &Batch, x: &[f32], v: &mut [f32]) {
@@ -427,7 +427,7 @@ mod compiled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::conv::tests::{conv, image, reference};
+    use crate::conv::tests::{conv, image, reference};
 
     /// Even and odd sizes (a last row on the direct kernel, a last tile overlapping its
     /// neighbour), rows of one batch of tiles and of two (the second partial), eight- and
