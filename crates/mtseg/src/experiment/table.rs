@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use super::RunResult;
@@ -162,35 +163,33 @@ impl ResultsTable {
         out
     }
 
-    /// Grouped bars: one group per task/class, one bar per network that learned it.
+    /// Grouped bars: one group per task/class, one bar per network that learned it. Each group
+    /// is named under the axis (its class, and its task under each run of the task's groups);
+    /// the legend sits in headroom above Dice 1, clear of every bar.
     fn draw(&self, path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let width = (160 * self.columns.len() as u32).max(640);
-        let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
-        root.fill(&WHITE)?;
         let groups = self.columns.len();
         let bars = self.rows.len();
+        let width = (150 * groups as u32 + 80).max(640);
+        let root = BitMapBackend::new(path, (width, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        // Room for the legend: a title row and a row per network, as a share of the axis.
+        let top = 1.0 + 0.08 * (bars + 1) as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 "test Dice per task/class and training configuration",
                 ("sans-serif", 20),
             )
             .margin(10)
-            .x_label_area_size(60)
+            .x_label_area_size(CLASS_LINES as u32 * LINE + LINE + 16)
             .y_label_area_size(45)
-            .build_cartesian_2d(0f64..groups as f64, 0f64..1f64)?;
-        let labels: Vec<String> = self
-            .columns
-            .iter()
-            .map(|(t, c)| format!("{t}/{c}"))
-            .collect();
+            .build_cartesian_2d(0f64..groups as f64, 0f64..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(groups)
-            .x_label_formatter(&|x| {
-                let i = (*x - 0.5).round() as usize;
-                if (x - (i as f64 + 0.5)).abs() < 1e-6 {
-                    labels.get(i).cloned().unwrap_or_default()
+            .x_label_formatter(&|_| String::new())
+            .y_label_formatter(&|y| {
+                if *y <= 1.0 + 1e-9 {
+                    format!("{y:.1}")
                 } else {
                     String::new()
                 }
@@ -219,6 +218,41 @@ impl ResultsTable {
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperRight)
             .draw()?;
+        // The group names, in the label area under the axis.
+        let centred = |size: u32| {
+            ("sans-serif", size)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top))
+        };
+        let below = |x: f64, line: u32| {
+            let (px, py) = chart.backend_coord(&(x, 0.0));
+            (px, py + 6 + (line * LINE) as i32)
+        };
+        for (g, (_, class)) in self.columns.iter().enumerate() {
+            for (line, text) in wrapped(&class.replace('_', " "), 18).iter().enumerate() {
+                root.draw(&Text::new(
+                    text.clone(),
+                    below(g as f64 + 0.5, line as u32),
+                    centred(13),
+                ))?;
+            }
+        }
+        let mut first = 0;
+        while first < groups {
+            let task = &self.columns[first].0;
+            let end = first
+                + self.columns[first..]
+                    .iter()
+                    .take_while(|(t, _)| t == task)
+                    .count();
+            root.draw(&Text::new(
+                task.clone(),
+                below((first + end) as f64 / 2.0, CLASS_LINES as u32),
+                centred(14),
+            ))?;
+            first = end;
+        }
         root.present()?;
         Ok(())
     }
@@ -236,6 +270,27 @@ impl ResultsTable {
                 .map_err(|e| Error::invalid(&png, format!("cannot draw the chart: {e}")))
         })
     }
+}
+
+/// Lines of a class name under its group, and their height in pixels.
+const CLASS_LINES: usize = 3;
+const LINE: u32 = 15;
+
+/// `text` in lines of at most `width` characters where it has spaces (a longer word keeps
+/// its own line), at most [`CLASS_LINES`] of them.
+fn wrapped(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.len() + 1 + word.len() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines.truncate(CLASS_LINES);
+    lines
 }
 
 #[cfg(test)]
@@ -265,6 +320,39 @@ mod tests {
                     [Some(3.0), Some(1.25)],
                 ),
             ],
+        }
+    }
+
+    #[test]
+    fn class_names_wrap_at_spaces() {
+        assert_eq!(
+            wrapped("cortical grey matter", 18),
+            ["cortical grey", "matter"]
+        );
+        assert_eq!(wrapped("coronary arteries", 18), ["coronary arteries"]);
+        assert_eq!(wrapped("a b c d", 1), ["a", "b", "c"]);
+    }
+
+    /// Every group is named under the axis: dark pixels under each group's centre.
+    #[test]
+    fn the_chart_names_every_group() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::report::fonts::register();
+        table().write(dir.path()).unwrap();
+        let png = image::open(dir.path().join("results.png"))
+            .unwrap()
+            .to_luma8();
+        let (w, h) = png.dimensions();
+        // The plot spans the width less the y label area and the margins; the groups split
+        // it evenly. Look in the bottom label band under each centre.
+        let (left, right) = (10 + 45, w - 10);
+        for g in 0..2 {
+            let x = left + (right - left) * (2 * g + 1) / 4;
+            let dark = (h - 70..h - 10)
+                .flat_map(|y| (x - 20..x + 20).map(move |x| (x, y)))
+                .filter(|&(x, y)| png.get_pixel(x, y).0[0] < 100)
+                .count();
+            assert!(dark > 20, "group {g}: {dark} dark pixels under it");
         }
     }
 
