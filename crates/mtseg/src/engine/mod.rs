@@ -5,28 +5,29 @@
 //! burn networks hold the weights and are the reference the kernels are tested against; on
 //! the CPU these kernels are the one path users run.
 
-pub mod dense;
-pub mod gradients;
-pub mod loss;
-pub mod network;
+// The API: the inference boundary and its engines, and one training step. How the networks
+// run on the kernels (their passes, gradients, loss) stays inside the crate.
+mod dense;
+mod gradients;
+pub(crate) mod loss;
+mod network;
 #[cfg(test)]
 mod params;
-pub mod step;
-pub mod train;
-pub mod triplanar_engine;
-pub mod unet;
-pub mod unet_engine;
-pub mod unet_train;
+pub(crate) mod step;
+mod train;
+mod triplanar_engine;
+mod unet;
+mod unet_engine;
+mod unet_train;
 
-pub use dense::{Dense, DenseSettings, NetworkInput, Sampled};
-pub use gradients::{LayerGradients, LinearGradients};
-pub use network::{CpuNetwork, FoldedNetwork};
+pub use dense::{Dense, DenseSettings, NetworkInput, OnSlab, Sampled};
+pub(crate) use network::CpuNetwork;
 pub use step::{DataParallel, StepInput, Stepper};
-pub use train::{StepOutput, Workspace, train_step};
+pub(crate) use train::{Workspace, train_step};
 pub use triplanar_engine::TriplanarEngine;
-pub use unet::FoldedUNet;
+pub(crate) use unet::FoldedUNet;
 pub use unet_engine::UNetEngine;
-pub use unet_train::{UNetLayers, UNetStepOutput, unet_train_step};
+pub(crate) use unet_train::{UNetLayers, unet_train_step};
 
 use burn::prelude::Device;
 

@@ -173,7 +173,6 @@ impl CpuNetwork {
             fc2: self.fc2.clone(),
             classes: self.classes.clone(),
             task: self.task.clone(),
-            kernels: self.kernels,
         }
     }
 }
@@ -186,7 +185,6 @@ pub struct FoldedNetwork {
     pub fc2: FullyConnected,
     pub classes: FullyConnected,
     pub task: Option<FullyConnected>,
-    pub kernels: usize,
 }
 
 impl FoldedNetwork {
