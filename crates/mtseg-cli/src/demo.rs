@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use mtseg::device::Hardware;
 use mtseg::error::{Error, Result};
-use mtseg::experiment::{self, ExperimentObserver, ExperimentRequest, ResultsTable};
+use mtseg::experiment::{self, ExperimentObserver, ExperimentRequest, ResultsTable, Row};
 use mtseg::io;
-use mtseg::model::Preset;
+use mtseg::model::{OutputMode, Preset};
 use mtseg::phantoms::{self, PhantomOptions, PhantomTask};
 use mtseg::report::overlay::{Plane, View, save_png, side_by_side};
 
@@ -25,10 +25,11 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
-    /// The full demo: 64^3 phantoms, 6 cases per task (4 to train, 2 to test).
+    /// The full demo: 64^3 phantoms, 6 cases per task (4 to train, 2 to test), about 5
+    /// minutes on two cores.
     pub fn full(out: PathBuf) -> Self {
-        let mut preset = Preset::small();
-        preset.training.iterations = 400;
+        let mut preset = demo_preset();
+        preset.training.iterations = 1200;
         DemoOptions {
             out,
             size: 64,
@@ -41,7 +42,7 @@ impl DemoOptions {
 
     /// A run of about a minute: small phantoms, few iterations.
     pub fn quick(out: PathBuf) -> Self {
-        let mut preset = Preset::small();
+        let mut preset = demo_preset();
         preset.training.iterations = 60;
         preset.training.validate_every = 30;
         preset.training.checkpoint_every = 30;
@@ -54,6 +55,19 @@ impl DemoOptions {
             hardware: Hardware::Cpu,
         }
     }
+}
+
+/// The `small` network with what the time-to-accuracy and U-Net work learned: one softmax
+/// group per task with a task head (no voxel gets another task's class), and a soft Dice term
+/// beside the cross-entropy (thin structures such as the coronary arteries and the brain stem
+/// weigh as much as large ones). With the paper's single softmax and cross-entropy alone, the
+/// network trained on all three tasks gave 10% of its foreground voxels another task's class
+/// and fell 0.14 Dice behind the cardiac network on the coronary arteries (400 iterations).
+fn demo_preset() -> Preset {
+    let mut preset = Preset::small();
+    preset.network.set_output_mode(OutputMode::PerTask);
+    preset.training.dice_weight = 1.0;
+    preset
 }
 
 pub struct DemoOutcome {
@@ -162,7 +176,7 @@ fn index_markdown(
     let mut md = String::from("# mtseg demo: one network, three tasks, two modalities\n\n");
     let _ = writeln!(
         md,
-        "Phantoms of the paper's three tasks ({} cases each, {s}x{s}x{s} voxels; `data/`): brain T1 MRI with six tissues, breast T1 MRI with the pectoral muscle, cardiac CT angiography with the coronary arteries. Each network below was trained with the same settings (`{}` iterations of {} cubes of {}^3 voxels per task) on the training cases and tested on the held-out ones, segmenting without being told the task.\n",
+        "Phantoms of the paper's three tasks ({} cases each, {s}x{s}x{s} voxels; `data/`): brain T1 MRI with six tissues, breast T1 MRI with the pectoral muscle, cardiac CT angiography with the coronary arteries. Each network below was trained with the same settings (`{}` iterations of {} cubes of {}^3 voxels per task; one softmax group per task with a task head; cross-entropy plus soft Dice) on the training cases and tested on the held-out ones, segmenting without being told the task.\n",
         options.cases,
         options.preset.training.iterations,
         options.preset.training.samples_per_task,
@@ -172,7 +186,14 @@ fn index_markdown(
     md.push_str("## Results\n\n");
     md.push_str(&table.to_markdown());
     md.push_str("\n![test Dice per class](results.png)\n\n");
-    md.push_str("The paper's claim: the network trained on all tasks segments each task about as well as the network trained on that task alone, and rarely gives a voxel a class of another task.\n\n## Test slices (network trained on all tasks)\n\nImage, reference, prediction.\n\n");
+    md.push_str("The paper's claim: the network trained on all tasks segments each task about as well as the network trained on that task alone, and rarely gives a voxel a class of another task.");
+    if let Some(summary) = claim_summary(table) {
+        md.push(' ');
+        md.push_str(&summary);
+    }
+    md.push_str(
+        "\n\n## Test slices (network trained on all tasks)\n\nImage, reference, prediction.\n\n",
+    );
     for (task, path) in overlays {
         let relative = path.strip_prefix(&options.out).unwrap_or(path);
         let _ = writeln!(md, "### {task}\n\n![{task}]({})\n", relative.display());
@@ -187,4 +208,79 @@ fn index_markdown(
         );
     }
     md
+}
+
+/// How the network trained on all tasks compares with the single-task networks, class by
+/// class: the range of its Dice differences, its largest drop, and its cross-task confusion.
+fn claim_summary(table: &ResultsTable) -> Option<String> {
+    let tasks_of = |row: &Row| -> Vec<&str> {
+        let mut tasks: Vec<&str> = table
+            .columns
+            .iter()
+            .zip(&row.dice)
+            .filter(|(_, d)| d.is_some())
+            .map(|((task, _), _)| task.as_str())
+            .collect();
+        tasks.dedup();
+        tasks
+    };
+    let all = table
+        .rows
+        .iter()
+        .find(|r| r.dice.iter().all(Option::is_some))?;
+    let mut differences = Vec::new();
+    for (c, (_, class)) in table.columns.iter().enumerate() {
+        let single = table
+            .rows
+            .iter()
+            .find(|r| tasks_of(r).len() == 1 && r.dice[c].is_some())?;
+        differences.push((all.dice[c]? - single.dice[c]?, class.as_str()));
+    }
+    let (low, worst) = differences
+        .iter()
+        .copied()
+        .min_by(|a, b| a.0.total_cmp(&b.0))?;
+    let high = differences.iter().map(|d| d.0).fold(f64::MIN, f64::max);
+    let confusion = all.confusion.map_or(String::from("not measured"), |c| {
+        format!("{:.3}%", 100.0 * c)
+    });
+    Some(format!(
+        "Here, against the single-task networks, the network trained on all tasks differs by \
+         {low:+.3} to {high:+.3} Dice per class (largest drop: {worst}); its cross-task \
+         confusion is {confusion}."
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_compares_the_all_task_network_with_each_single_task_network() {
+        let row = |label: &str, dice: [Option<f64>; 3], confusion| Row {
+            label: label.into(),
+            folder: label.into(),
+            dice: dice.to_vec(),
+            hd95_mm: vec![None; 3],
+            confusion,
+            train_seconds: 1.0,
+            iterations: 1,
+        };
+        let table = ResultsTable {
+            columns: vec![
+                ("A".into(), "a1".into()),
+                ("A".into(), "a2".into()),
+                ("B".into(), "b".into()),
+            ],
+            rows: vec![
+                row("A", [Some(0.80), Some(0.60), None], Some(0.0)),
+                row("B", [None, None, Some(0.50)], Some(0.0)),
+                row("A + B", [Some(0.82), Some(0.55), Some(0.51)], Some(0.004)),
+            ],
+        };
+        let summary = claim_summary(&table).unwrap();
+        assert!(summary.contains("-0.050 to +0.020"), "{summary}");
+        assert!(summary.contains("largest drop: a2"), "{summary}");
+        assert!(summary.contains("0.400%"), "{summary}");
+    }
 }

@@ -493,10 +493,8 @@ fn the_quick_demo_writes_its_report() {
         assert!(dice >= 0.6, "{class}: Dice {dice:.3} below the floor 0.6");
     }
     // Training lowered the loss: the last ten iterations against the first ten.
-    let log = std::fs::read_to_string(
-        out.join("runs/PhantomBrainMRI+PhantomBreastMRI+PhantomCardiacCTA/log.csv"),
-    )
-    .unwrap();
+    let folder = all_tasks["folder"].as_str().unwrap();
+    let log = std::fs::read_to_string(out.join("runs").join(folder).join("log.csv")).unwrap();
     let losses: Vec<f64> = log
         .lines()
         .skip(1)
