@@ -12,7 +12,7 @@ use flate2::read::DeflateDecoder;
 use std::path::Path;
 
 use dicom_core::Tag;
-use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::header::VR;
 use dicom_dictionary_std::StandardDataDictionary;
 
@@ -28,6 +28,7 @@ const DEFLATED: &[&str] = &[
 ];
 const UNDEFINED: u32 = u32::MAX;
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+const PIXEL_REPRESENTATION: (u16, u16) = (0x0028, 0x0103);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Encoding {
@@ -55,8 +56,15 @@ impl<R: Read> Source for DeflateDecoder<R> {
 
 struct Walker<R> {
     from: R,
+    /// Bytes read from the file.
     position: u64,
+    /// dicom-parser's own count, which adds a number value's declared length though it reads
+    /// only whole numbers: sequences and items of defined length end by this count.
+    counted: u64,
     end: u64,
+    /// Pixel Representation (0028,0103) as last read: when signed, dicom-parser reads every
+    /// element the dictionary gives "US or SS" as SS.
+    signed: Option<bool>,
 }
 
 impl<R: Source> Walker<R> {
@@ -65,6 +73,7 @@ impl<R: Source> Walker<R> {
         let mut b = [0u8; N];
         self.from.read_exact(&mut b).ok()?;
         self.position += N as u64;
+        self.counted += N as u64;
         Some(b)
     }
 
@@ -88,12 +97,30 @@ impl<R: Source> Walker<R> {
         })
     }
 
-    fn skip(&mut self, n: u32) -> Option<()> {
-        if !self.from.skip(u64::from(n)) {
+    /// Skips `read` bytes of a value dicom-parser counts as `counted` bytes.
+    fn skip(&mut self, read: u32, counted: u32) -> Option<()> {
+        if !self.from.skip(u64::from(read)) {
             return None;
         }
-        self.position += n as u64;
+        self.position += u64::from(read);
+        self.counted += u64::from(counted);
         Some(())
+    }
+
+    /// Reads a value as dicom-parser does; the Pixel Representation's first number is kept.
+    fn value(&mut self, tag: (u16, u16), vr: Option<VR>, length: u32, big: bool) -> Option<()> {
+        let read = bytes_read(vr, length);
+        if tag == PIXEL_REPRESENTATION && matches!(vr, Some(VR::US | VR::OW)) && length > 0 {
+            if read == 0 {
+                self.signed = None;
+            } else {
+                let first = self.u16(big)?;
+                self.counted -= 2;
+                self.signed = Some(first != 0);
+                return self.skip(read - 2, length);
+            }
+        }
+        self.skip(read, length)
     }
 
     /// One element header: tag, VR (explicit encodings; the dictionary's for implicit), and
@@ -101,10 +128,6 @@ impl<R: Source> Walker<R> {
     fn header(&mut self, encoding: Encoding) -> Option<((u16, u16), Option<VR>, u32)> {
         let big = encoding == Encoding::ExplicitBig;
         let tag = (self.u16(big)?, self.u16(big)?);
-        if tag.0 == 0xFFFE {
-            // Items and delimiters: no VR in any encoding.
-            return Some((tag, None, self.u32(big)?));
-        }
         if encoding == Encoding::ImplicitLittle {
             // As dicom-rs resolves it: pixel and overlay data are OW, the rest the dictionary's
             // VR (its first choice where several are allowed), UN when the tag is unknown.
@@ -116,6 +139,10 @@ impl<R: Source> Walker<R> {
                     .map_or(VR::UN, |e| e.vr().relaxed())
             };
             return Some((tag, Some(vr), self.u32(false)?));
+        }
+        if tag.0 == 0xFFFE {
+            // Items and delimiters: no VR in the explicit encodings.
+            return Some((tag, None, self.u32(big)?));
         }
         // As dicom-rs reads it: an unknown VR is UN, and only these VRs have 2-byte lengths.
         let vr = VR::from_binary(self.bytes::<2>()?).unwrap_or(VR::UN);
@@ -144,7 +171,7 @@ impl<R: Source> Walker<R> {
                 | VR::US
         );
         let length = if long {
-            self.skip(2)?;
+            self.skip(2, 2)?;
             self.u32(big)?
         } else {
             u32::from(self.u16(big)?)
@@ -186,10 +213,10 @@ impl<R: Source> Walker<R> {
                 ..
             }) = open.last()
             {
-                if end > self.position {
+                if end > self.counted {
                     break;
                 }
-                if end < self.position {
+                if end < self.counted {
                     return Ok(());
                 }
                 open.pop();
@@ -204,7 +231,7 @@ impl<R: Source> Walker<R> {
                         let Some(pixels) = open.last().map(|o| o.pixels) else {
                             return Ok(());
                         };
-                        open.push(Open::new(true, pixels, length, self.position));
+                        open.push(Open::new(true, pixels, length, self.counted));
                         between_items = false;
                     }
                     (0xFFFE, 0xE00D) if length == 0 => {
@@ -238,7 +265,7 @@ impl<R: Source> Walker<R> {
                 };
                 self.fits((0xFFFE, 0xE000), length, path)?;
                 offset_table_next = false;
-                if self.skip(length).is_none() {
+                if self.skip(length, length).is_none() {
                     return Ok(());
                 }
                 continue;
@@ -246,9 +273,14 @@ impl<R: Source> Walker<R> {
             let Some((tag, vr, length)) = self.header(encoding) else {
                 return Ok(());
             };
+            let vr = if self.signed == Some(true) && is_us_or_ss(tag) {
+                Some(VR::SS)
+            } else {
+                vr
+            };
             match tag {
                 _ if vr == Some(VR::SQ) => {
-                    open.push(Open::new(false, false, length, self.position));
+                    open.push(Open::new(false, false, length, self.counted));
                     between_items = true;
                 }
                 (0xFFFE, 0xE00D) if open.is_empty() => {}
@@ -257,13 +289,13 @@ impl<R: Source> Walker<R> {
                     between_items = true;
                 }
                 PIXEL_DATA if length == UNDEFINED => {
-                    open.push(Open::new(false, true, UNDEFINED, self.position));
+                    open.push(Open::new(false, true, UNDEFINED, self.counted));
                     let Some((tag, _, length)) = self.header(encoding) else {
                         return Ok(());
                     };
                     match tag {
                         (0xFFFE, 0xE000) => {
-                            open.push(Open::new(true, true, length, self.position));
+                            open.push(Open::new(true, true, length, self.counted));
                             offset_table_next = length != 0;
                         }
                         (0xFFFE, 0xE0DD) => {
@@ -274,13 +306,13 @@ impl<R: Source> Walker<R> {
                 }
                 // Other undefined lengths are read as sequences, whatever their VR.
                 _ if length == UNDEFINED => {
-                    open.push(Open::new(false, false, UNDEFINED, self.position));
+                    open.push(Open::new(false, false, UNDEFINED, self.counted));
                     between_items = true;
                 }
                 _ => {
-                    let length = bytes_read(vr, length);
-                    self.fits(tag, length, path)?;
-                    if self.skip(length).is_none() {
+                    self.fits(tag, bytes_read(vr, length), path)?;
+                    let big = encoding == Encoding::ExplicitBig;
+                    if self.value(tag, vr, length, big).is_none() {
                         return Ok(());
                     }
                 }
@@ -312,6 +344,13 @@ impl Open {
     }
 }
 
+/// Whether the dictionary gives `tag` "US or SS" (Pixel Padding Value and the like).
+fn is_us_or_ss(tag: (u16, u16)) -> bool {
+    StandardDataDictionary
+        .by_tag(Tag(tag.0, tag.1))
+        .is_some_and(|e| e.vr() == VirtualVr::Xs)
+}
+
 /// How many bytes of a value dicom-parser 0.10 reads: binary numbers are read whole, so a
 /// length that is not a multiple of the number's size leaves its last bytes unread, and the
 /// next element header is read from there (found by the fuzz target: a UL value of 26 bytes
@@ -335,12 +374,15 @@ pub fn check(path: &Path) -> Result<()> {
     let mut w = Walker {
         from: BufReader::new(file),
         position: 0,
+        counted: 0,
         end,
+        signed: None,
     };
     // The 128-byte preamble and "DICM" (dicom-rs also reads files without the preamble).
     if w.bytes::<132>().is_none_or(|b| &b[128..] != b"DICM") {
         w.from.rewind().map_err(|e| Error::io(path, e))?;
         w.position = 0;
+        w.counted = 0;
         if w.bytes::<4>() != Some(*b"DICM") {
             return Ok(());
         }
@@ -370,17 +412,18 @@ pub fn check(path: &Path) -> Result<()> {
                 ),
             ));
         }
-        if tag == (0x0002, 0x0010) && length <= 64 {
+        if tag == (0x0002, 0x0010) {
             let mut uid = vec![0u8; length as usize];
             if w.from.read_exact(&mut uid).is_err() {
                 return Ok(());
             }
             w.position += u64::from(length);
+            w.counted += u64::from(length);
             // Trimmed as dicom-rs trims it before looking it up.
             transfer_syntax = String::from_utf8_lossy(&uid)
                 .trim_end_matches(|c: char| c.is_whitespace() || c == '\0')
                 .to_string();
-        } else if w.skip(length).is_none() {
+        } else if w.skip(length, length).is_none() {
             return Ok(());
         }
     }
@@ -394,8 +437,7 @@ pub fn check(path: &Path) -> Result<()> {
 }
 
 /// The data set of `path` from `start` on, inflated: its length first, then its elements (an
-/// offset in a refusal counts inflated bytes). A stream that does not inflate is left to
-/// dicom-rs.
+/// offset in a refusal counts inflated bytes).
 fn check_deflated(path: &Path, start: u64) -> Result<()> {
     let inflating = || -> Result<DeflateDecoder<BufReader<File>>> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -403,13 +445,20 @@ fn check_deflated(path: &Path, start: u64) -> Result<()> {
             .map_err(|e| Error::io(path, e))?;
         Ok(DeflateDecoder::new(BufReader::new(file)))
     };
-    let Ok(end) = std::io::copy(&mut inflating()?, &mut std::io::sink()) else {
-        return Ok(());
-    };
+    // The bytes that inflate, up to the end or to a corrupt block: dicom-parser reads (and
+    // allocates for) what comes before a corrupt block.
+    let mut stream = inflating()?;
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut end = 0u64;
+    while let Ok(n @ 1..) = stream.read(&mut buffer) {
+        end += n as u64;
+    }
     Walker {
         from: inflating()?,
         position: 0,
+        counted: 0,
         end,
+        signed: None,
     }
     .walk(Encoding::ExplicitLittle, path)
 }
@@ -543,6 +592,16 @@ mod tests {
         ];
         let e = checked(&file("1.2.840.10008.1.2.1.99", &deflated(&bad))).unwrap_err();
         assert!(e.to_string().contains("(0010,0020) declares"), "{e}");
+        // The same header in a stream that turns corrupt 200 kB later: dicom-rs reads the
+        // header (and allocates) long before it meets the corrupt block.
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::none());
+        e.write_all(&bad).unwrap();
+        e.write_all(&vec![0u8; 200_000]).unwrap();
+        e.flush().unwrap();
+        let mut corrupt = e.get_ref().clone();
+        corrupt.extend_from_slice(&[0xFF, 0xFF, 0xFF]);
+        let e = checked(&file("1.2.840.10008.1.2.1.99", &corrupt)).unwrap_err();
+        assert!(e.to_string().contains("(0010,0020) declares"), "{e}");
     }
 
     #[test]
@@ -554,6 +613,42 @@ mod tests {
         data.extend_from_slice(&[0x08, 0x00, 0x55, 0x11, 0, 0, 0, 0x40]);
         let e = checked(&file("1.2.840.10008.1.2\u{c}", &data)).unwrap_err();
         assert!(e.to_string().contains("(0008,1155) declares"), "{e}");
+        // Padded to any length.
+        let padded = format!("1.2.840.10008.1.2{}", " ".repeat(49));
+        let e = checked(&file(&padded, &data)).unwrap_err();
+        assert!(e.to_string().contains("(0008,1155) declares"), "{e}");
+    }
+
+    #[test]
+    fn items_end_where_dicom_rs_counts_their_end() {
+        // An item of 11 bytes holding a US value declared 3 bytes long: dicom-rs reads 2 bytes
+        // but counts 3, so the item ends a byte early by its count and the next item header
+        // is read from there: an undefined item whose element declares 2 GB.
+        let mut seq = vec![
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        seq.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 11, 0, 0, 0]);
+        seq.extend_from_slice(&[0x28, 0x00, 0x10, 0x00, b'U', b'S', 3, 0, 1, 0]);
+        seq.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        seq.extend_from_slice(&[
+            0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ]);
+        let e = checked(&file("1.2.840.10008.1.2.1", &seq)).unwrap_err();
+        assert!(e.to_string().contains("(0010,0010) declares"), "{e}");
+    }
+
+    #[test]
+    fn signed_pixels_make_us_or_ss_elements_ss() {
+        // Pixel Representation 1, then (0028,0106) ("US or SS") written as SQ of 8 bytes:
+        // dicom-rs reads it as SS, a value, and then an element declaring 2 GB.
+        let mut data = vec![0x28, 0x00, 0x03, 0x01, b'U', b'S', 2, 0, 1, 0];
+        data.extend_from_slice(&[0x28, 0x00, 0x06, 0x01, b'S', b'Q', 0, 0, 8, 0, 0, 0]);
+        data.extend_from_slice(&[0; 8]);
+        data.extend_from_slice(&[
+            0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ]);
+        let e = checked(&file("1.2.840.10008.1.2.1", &data)).unwrap_err();
+        assert!(e.to_string().contains("(0010,0010) declares"), "{e}");
     }
 
     #[test]
