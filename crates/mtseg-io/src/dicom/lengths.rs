@@ -114,10 +114,8 @@ impl<R: Source> Walker<R> {
             if read == 0 {
                 self.signed = None;
             } else {
-                let first = self.u16(big)?;
-                self.counted -= 2;
-                self.signed = Some(first != 0);
-                return self.skip(read - 2, length);
+                self.signed = Some(self.u16(big)? != 0);
+                return self.skip(read - 2, length - 2);
             }
         }
         self.skip(read, length)

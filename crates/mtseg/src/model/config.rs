@@ -166,11 +166,6 @@ impl NetworkConfig {
         }
     }
 
-    pub fn with_output_mode(mut self, mode: OutputMode) -> Self {
-        self.set_output_mode(mode);
-        self
-    }
-
     /// The triplanar network's sizes, if this is the triplanar network.
     pub fn as_triplanar(&self) -> Option<&TriplanarConfig> {
         match self {
