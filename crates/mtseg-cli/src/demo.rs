@@ -145,8 +145,8 @@ fn write_overlays(out: &Path, folders: &[PathBuf]) -> Result<Vec<(String, PathBu
         if !prediction.is_file() {
             continue;
         }
-        let image = io::read_image(&case.image)?;
-        let reference = io::read_labels(case.label.as_ref().expect("labelled"))?;
+        let (image, reference) = task.load_case(case)?;
+        let reference = reference.expect("test cases are labelled");
         let predicted = io::read_labels(&prediction)?;
         let view_ref = View::new(&image, Some(&reference))?;
         let view_pred = View::new(&image, Some(&predicted))?;

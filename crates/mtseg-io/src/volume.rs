@@ -9,6 +9,8 @@ use nalgebra::{Matrix4, Vector4};
 use serde::Serialize;
 
 use super::nifti::NiftiTemplate;
+use crate::error::{Error, Result};
+use std::path::Path;
 
 /// Voxel-to-world transform: world = affine * [i, j, k, 1].
 pub type Affine = Matrix4<f64>;
@@ -246,6 +248,23 @@ impl<T: Copy> Volume<T> {
             grid: self.grid.clone(),
             provenance: self.provenance.clone(),
         }
+    }
+
+    /// Checks a volume a program built as the readers check a file's: as many voxels as its
+    /// grid, and an affine a grid can have. `place` names the volume in the error.
+    pub fn check(&self, place: &Path) -> Result<()> {
+        if self.data.len() != self.grid.len() {
+            return Err(Error::invalid(
+                place,
+                format!(
+                    "{} voxels, but its grid {:?} has {}",
+                    self.data.len(),
+                    self.grid.shape,
+                    self.grid.len()
+                ),
+            ));
+        }
+        crate::nifti::check_affine(place, &self.grid.affine)
     }
 
     #[inline]

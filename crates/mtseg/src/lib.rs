@@ -10,7 +10,8 @@
 //!    geometry (NIfTI, NRRD, MetaImage, DICOM in and SEG out), reorientation, atomic writes;
 //!    errors that name the file.
 //! 2. [`device`]: the CPU or a GPU.
-//! 3. [`datasets`]: nnU-Net raw folders as tasks, label spaces, splits.
+//! 3. [`datasets`]: nnU-Net raw folders (or cases held in memory) as tasks, label spaces,
+//!    splits.
 //! 4. [`preprocess`]: resampling, intensity normalisation, filters.
 //! 5. [`report`]: overlays and fonts for pictures; `phantoms` (feature `phantoms`): synthetic
 //!    tasks for the demo and the tests.

@@ -47,7 +47,10 @@ fn every_dataset_checks_and_every_file_round_trips() {
         let summary = task.check().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(summary.len(), task.training.len() + task.test.len());
         for case in &task.training {
-            for (path, is_label) in [(&case.image, false), (case.label.as_ref().unwrap(), true)] {
+            for (path, is_label) in [
+                (case.image_file().unwrap(), false),
+                (case.label_file().unwrap(), true),
+            ] {
                 let raw = io::read_raw(path).unwrap();
                 let written = out.path().join("roundtrip.nii.gz");
                 if is_label {

@@ -35,7 +35,7 @@ pub fn run(command: Command) -> Result<()> {
                 task.name,
                 task.modality,
                 task.training.len(),
-                task.test.iter().filter(|c| c.label.is_none()).count(),
+                task.test.iter().filter(|c| !c.is_labelled()).count(),
                 split.train.len(),
                 split.test.len()
             );

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::ProgressBar;
+use mtseg::datasets::Task;
 use mtseg::model::{OutputMode, Preset};
 use mtseg::train::{
     self, Observer, TrainRequest,
@@ -139,7 +140,11 @@ pub fn preset_from(
 pub fn run(args: Args) -> Result<()> {
     let preset = preset_from(&args.config, args.iterations, args.output_mode, args.seed)?;
     let request = TrainRequest {
-        datasets: args.datasets,
+        tasks: args
+            .datasets
+            .iter()
+            .map(|folder| Task::open(folder))
+            .collect::<mtseg::Result<_>>()?,
         out: args.out,
         preset,
         resume: args.resume,

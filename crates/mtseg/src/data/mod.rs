@@ -53,8 +53,12 @@ pub fn read_cases(
                 .case(id)
                 .ok_or_else(|| Error::usage(format!("task {}: no case '{id}'", task.name)))?;
             let (image, labels) = task.load_case(case)?;
-            let mut labels = labels
-                .ok_or_else(|| Error::invalid(&case.image, "a training case needs a label map"))?;
+            let mut labels = labels.ok_or_else(|| {
+                Error::usage(format!(
+                    "task {}: case '{id}' has no label map, which training needs",
+                    task.name
+                ))
+            })?;
             for l in labels.data.iter_mut() {
                 *l = table[*l as usize].expect("label values were checked against dataset.json");
             }

@@ -1,14 +1,18 @@
 //! Stage 2, datasets: nnU-Net v2 raw dataset folders read as they are, each one a *task*.
 //!
 //! A folder holds `dataset.json`, `imagesTr/<case>_0000<ending>`, `labelsTr/<case><ending>`
-//! and optionally `imagesTs/`. Several folders together form a [`TaskSet`] with one joint
-//! [`LabelSpace`]: background 0 shared, then every task's classes, named `task/class`.
+//! and optionally `imagesTs/`. A program can hold a task's cases in memory instead
+//! ([`Task::in_memory`]), with the same dataset.json contract. Several tasks together form a
+//! [`TaskSet`] with one joint [`LabelSpace`]: background 0 shared, then every task's classes,
+//! named `task/class`.
 
 mod label_space;
 mod splits;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +20,7 @@ pub use label_space::{ClassInfo, LabelSpace, TaskInfo};
 pub use splits::{Split, Splits, hold_out_validation};
 
 use crate::error::{Error, Result};
-use crate::io::{self, Grid};
+use crate::io::{self, Grid, Image, LabelMap};
 
 /// Imaging modality, which decides the intensity normalisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,19 +65,118 @@ pub struct DatasetJson {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
-/// One case of a dataset: its image and, for training cases, its label map.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Case {
-    pub id: String,
-    pub image: PathBuf,
-    pub label: Option<PathBuf>,
+impl DatasetJson {
+    /// The contract of a task held in memory: its name, the channel's name ("CT" means CT,
+    /// anything else MR, as in nnU-Net) and the labels, background 0 included.
+    ///
+    /// ```
+    /// let json = mtseg::datasets::DatasetJson::new(
+    ///     "Hippocampus",
+    ///     "MRI",
+    ///     &[("background", 0), ("anterior", 1), ("posterior", 2)],
+    /// );
+    /// assert_eq!(json.labels.len(), 3);
+    /// ```
+    pub fn new(name: &str, channel: &str, labels: &[(&str, u16)]) -> Self {
+        DatasetJson {
+            name: Some(name.to_string()),
+            description: None,
+            channel_names: BTreeMap::from([("0".to_string(), channel.to_string())]),
+            labels: labels
+                .iter()
+                .map(|&(label, id)| (label.to_string(), LabelId::Single(id.into())))
+                .collect(),
+            num_training: 0,
+            file_ending: ".nii.gz".to_string(),
+            other: BTreeMap::new(),
+        }
+    }
 }
 
-/// One nnU-Net dataset folder, read as a segmentation task.
+/// One case of a task: its image and, for training cases, its label map.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub id: String,
+    pub data: CaseData,
+}
+
+/// Where a case's voxels are.
+#[derive(Clone)]
+pub enum CaseData {
+    /// Files of an nnU-Net folder: the image and, for a labelled case, its label map.
+    Files {
+        image: PathBuf,
+        label: Option<PathBuf>,
+    },
+    /// A labelled case a program holds ([`Task::in_memory`]); shared, not copied, when the
+    /// task is cloned.
+    Memory {
+        image: Arc<Image>,
+        labels: Arc<LabelMap>,
+    },
+}
+
+impl fmt::Debug for CaseData {
+    /// Files by path, held volumes by shape (not their voxels).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaseData::Files { image, label } => f
+                .debug_struct("Files")
+                .field("image", image)
+                .field("label", label)
+                .finish(),
+            CaseData::Memory { image, .. } => f
+                .debug_struct("Memory")
+                .field("shape", &image.grid.shape)
+                .finish(),
+        }
+    }
+}
+
+impl Case {
+    /// A case of an nnU-Net folder.
+    pub fn files(id: &str, image: PathBuf, label: Option<PathBuf>) -> Case {
+        Case {
+            id: id.to_string(),
+            data: CaseData::Files { image, label },
+        }
+    }
+
+    /// The image file, for a case of a folder.
+    pub fn image_file(&self) -> Option<&Path> {
+        match &self.data {
+            CaseData::Files { image, .. } => Some(image),
+            CaseData::Memory { .. } => None,
+        }
+    }
+
+    /// The label file, for a labelled case of a folder.
+    pub fn label_file(&self) -> Option<&Path> {
+        match &self.data {
+            CaseData::Files { label, .. } => label.as_deref(),
+            CaseData::Memory { .. } => None,
+        }
+    }
+
+    pub fn is_labelled(&self) -> bool {
+        match &self.data {
+            CaseData::Files { label, .. } => label.is_some(),
+            CaseData::Memory { .. } => true,
+        }
+    }
+}
+
+/// What errors about a held case name in place of a file: `<memory>/<task>/<case>`.
+fn memory_case_path(task: &str, id: &str) -> PathBuf {
+    PathBuf::from(format!("<memory>/{task}/{id}"))
+}
+
+/// One nnU-Net dataset folder, or cases a program holds, read as a segmentation task.
 #[derive(Clone, Debug)]
 pub struct Task {
     pub name: String,
-    pub folder: PathBuf,
+    /// The dataset folder; `None` for a task held in memory.
+    pub folder: Option<PathBuf>,
     pub modality: Modality,
     /// Foreground classes (background excluded) as (name, dataset.json id), sorted by id.
     pub classes: Vec<(String, u16)>,
@@ -102,30 +205,88 @@ impl Task {
         Self::from_json(folder, json)
     }
 
+    /// A task whose labelled cases a program holds: `(id, image, label map)`, every label map
+    /// on its image's grid and holding only ids of `json`'s labels. Training uses every case
+    /// (a few held out for validation) unless it is given a split.
+    ///
+    /// ```
+    /// use mtseg::datasets::{DatasetJson, Task};
+    /// use mtseg::io::{DataType, Grid, Image, LabelMap};
+    ///
+    /// let grid = Grid::axis_aligned([8, 8, 8], [1.0; 3]);
+    /// let image = Image::filled(grid.clone(), 0.0, DataType::F32);
+    /// let mut labels = LabelMap::filled(grid, 0, DataType::U8);
+    /// labels.data[0] = 1;
+    /// let json = DatasetJson::new("Toy", "MRI", &[("background", 0), ("blob", 1)]);
+    /// let task = Task::in_memory(json, vec![("case1".into(), image, labels)])?;
+    /// assert_eq!(task.training.len(), 1);
+    /// # Ok::<(), mtseg::Error>(())
+    /// ```
+    pub fn in_memory(mut json: DatasetJson, cases: Vec<(String, Image, LabelMap)>) -> Result<Task> {
+        let Some(name) = json.name.clone() else {
+            return Err(Error::usage(
+                "a task held in memory needs a name (DatasetJson's `name`)",
+            ));
+        };
+        json.num_training = cases.len();
+        let place = PathBuf::from(format!("<memory>/{name}/dataset.json"));
+        let (modality, classes) = check_json(&place, &name, &json)?;
+        if cases.is_empty() {
+            return Err(Error::usage(format!("task {name} has no case")));
+        }
+        let mut training = Vec::with_capacity(cases.len());
+        for (id, mut image, labels) in cases {
+            if id.is_empty() || id.contains(['/', '\\']) {
+                return Err(Error::usage(format!(
+                    "task {name}: case id '{id}' must be non-empty and contain no '/' or '\\'"
+                )));
+            }
+            if training.iter().any(|c: &Case| c.id == id) {
+                return Err(Error::usage(format!(
+                    "task {name}: case '{id}' is given twice"
+                )));
+            }
+            let place = memory_case_path(&name, &id);
+            image.check(&place)?;
+            labels.check(&place)?;
+            // As the readers do with a file's voxels.
+            let bad = io::voxels::replace_non_finite(&mut image.data);
+            if bad > 0 {
+                tracing::warn!(
+                    "{}: {bad} voxels are NaN or infinite; they are taken as 0",
+                    place.display()
+                );
+            }
+            training.push(Case {
+                id,
+                data: CaseData::Memory {
+                    image: Arc::new(image),
+                    labels: Arc::new(labels),
+                },
+            });
+        }
+        training.sort_by(|a, b| a.id.cmp(&b.id));
+        let task = Task {
+            name,
+            folder: None,
+            modality,
+            classes,
+            file_ending: json.file_ending.clone(),
+            training,
+            test: Vec::new(),
+            json,
+        };
+        task.check()?;
+        Ok(task)
+    }
+
     fn from_json(folder: &Path, json: DatasetJson) -> Result<Task> {
         let json_path = folder.join("dataset.json");
         let name = json
             .name
             .clone()
             .unwrap_or_else(|| task_name_from_folder(folder));
-        if name.is_empty() || name.contains('/') {
-            return Err(Error::invalid(
-                &json_path,
-                format!("task name '{name}' must be non-empty and contain no '/'"),
-            ));
-        }
-        if json.channel_names.len() != 1 || !json.channel_names.contains_key("0") {
-            return Err(Error::invalid(
-                &json_path,
-                format!(
-                    "channel_names has {} channels ({:?}): mtseg segments single-channel images (channel \"0\")",
-                    json.channel_names.len(),
-                    json.channel_names.keys().collect::<Vec<_>>()
-                ),
-            ));
-        }
-        let modality = Modality::from_channel_name(&json.channel_names["0"]);
-        let classes = parse_labels(&json_path, &json.labels)?;
+        let (modality, classes) = check_json(&json_path, &name, &json)?;
         if !json.file_ending.starts_with('.') {
             return Err(Error::invalid(
                 &json_path,
@@ -155,7 +316,7 @@ impl Task {
         let test = list_cases(folder, "imagesTs", labels_ts, &ending)?;
         Ok(Task {
             name,
-            folder: folder.to_path_buf(),
+            folder: Some(folder.to_path_buf()),
             modality,
             classes,
             file_ending: ending,
@@ -163,6 +324,14 @@ impl Task {
             test,
             json,
         })
+    }
+
+    /// Where the task comes from, for messages: its folder, or `<memory>/<name>`.
+    pub fn origin(&self) -> String {
+        match &self.folder {
+            Some(folder) => folder.display().to_string(),
+            None => format!("<memory>/{}", self.name),
+        }
     }
 
     /// The dataset.json ids allowed in label maps: background 0 and every class.
@@ -178,13 +347,27 @@ impl Task {
 
     /// Reads one labelled case and checks it: the label map has the image's grid, and holds
     /// only ids listed in dataset.json.
-    pub fn load_case(&self, case: &Case) -> Result<(io::Image, Option<io::LabelMap>)> {
-        let image = io::read_image(&case.image)?;
-        let Some(label_path) = &case.label else {
-            return Ok((image, None));
-        };
-        let labels = io::read_labels(label_path)?;
-        check_same_grid(label_path, &labels.grid, &image.grid)?;
+    pub fn load_case(&self, case: &Case) -> Result<(Image, Option<LabelMap>)> {
+        match &case.data {
+            CaseData::Files { image, label } => {
+                let image = io::read_image(image)?;
+                let Some(label_path) = label else {
+                    return Ok((image, None));
+                };
+                let labels = io::read_labels(label_path)?;
+                self.check_labels(label_path, &labels, &image)?;
+                Ok((image, Some(labels)))
+            }
+            CaseData::Memory { image, labels } => {
+                self.check_labels(&memory_case_path(&self.name, &case.id), labels, image)?;
+                Ok(((**image).clone(), Some((**labels).clone())))
+            }
+        }
+    }
+
+    /// A label map lies on its image's grid and holds only ids listed in dataset.json.
+    fn check_labels(&self, path: &Path, labels: &LabelMap, image: &Image) -> Result<()> {
+        check_same_grid(path, &labels.grid, &image.grid)?;
         let allowed = self.allowed_ids();
         if let Some(bad) = labels
             .label_values()
@@ -192,11 +375,11 @@ impl Task {
             .find(|v| !allowed.contains(v))
         {
             return Err(Error::invalid(
-                label_path,
+                path,
                 format!("label value {bad} is not in dataset.json's labels (allowed: {allowed:?})"),
             ));
         }
-        Ok((image, Some(labels)))
+        Ok(())
     }
 
     /// Reads every case once and checks it (see [`Task::load_case`]). Returns one line per
@@ -206,14 +389,25 @@ impl Task {
             .iter()
             .chain(&self.test)
             .map(|case| {
-                let (image, labels) = self.load_case(case)?;
-                Ok(CaseSummary {
+                let summary = |image: &Image, labels: Option<&LabelMap>| CaseSummary {
                     id: case.id.clone(),
                     shape: image.grid.shape,
                     spacing: image.grid.spacing(),
                     axcodes: io::orientation::axcodes(&image.grid.affine),
                     labels: labels.map(|l| l.label_values()),
-                })
+                };
+                match &case.data {
+                    // Held volumes are checked where they are, not copied.
+                    CaseData::Memory { image, labels } => {
+                        let place = memory_case_path(&self.name, &case.id);
+                        self.check_labels(&place, labels, image)?;
+                        Ok(summary(image, Some(labels)))
+                    }
+                    CaseData::Files { .. } => {
+                        let (image, labels) = self.load_case(case)?;
+                        Ok(summary(&image, labels.as_ref()))
+                    }
+                }
             })
             .collect()
     }
@@ -268,6 +462,32 @@ pub fn task_name_from_folder(folder: &Path) -> String {
         }
         _ => name,
     }
+}
+
+/// Checks the parts of dataset.json every task needs; returns the modality and the classes.
+fn check_json(
+    path: &Path,
+    name: &str,
+    json: &DatasetJson,
+) -> Result<(Modality, Vec<(String, u16)>)> {
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::invalid(
+            path,
+            format!("task name '{name}' must be non-empty and contain no '/'"),
+        ));
+    }
+    if json.channel_names.len() != 1 || !json.channel_names.contains_key("0") {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "channel_names has {} channels ({:?}): mtseg segments single-channel images (channel \"0\")",
+                json.channel_names.len(),
+                json.channel_names.keys().collect::<Vec<_>>()
+            ),
+        ));
+    }
+    let modality = Modality::from_channel_name(&json.channel_names["0"]);
+    Ok((modality, parse_labels(path, &json.labels)?))
 }
 
 fn parse_labels(path: &Path, labels: &BTreeMap<String, LabelId>) -> Result<Vec<(String, u16)>> {
@@ -361,11 +581,7 @@ fn list_cases(
             }
             None => None,
         };
-        cases.push(Case {
-            id: id.to_string(),
-            image: entry.path(),
-            label,
-        });
+        cases.push(Case::files(id, entry.path(), label));
     }
     cases.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(cases)
@@ -379,20 +595,27 @@ pub struct TaskSet {
 }
 
 impl TaskSet {
+    /// Opens nnU-Net dataset folders, one task each.
     pub fn open(folders: &[PathBuf]) -> Result<TaskSet> {
-        if folders.is_empty() {
-            return Err(Error::usage("give at least one dataset folder"));
+        TaskSet::new(
+            folders
+                .iter()
+                .map(|f| Task::open(f))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    }
+
+    /// Tasks from folders or memory, each named once.
+    pub fn new(tasks: Vec<Task>) -> Result<TaskSet> {
+        if tasks.is_empty() {
+            return Err(Error::usage("give at least one task (a dataset folder)"));
         }
-        let tasks = folders
-            .iter()
-            .map(|f| Task::open(f))
-            .collect::<Result<Vec<_>>>()?;
         for (i, t) in tasks.iter().enumerate() {
             if let Some(other) = tasks[..i].iter().find(|o| o.name == t.name) {
                 return Err(Error::usage(format!(
                     "{} and {} are both task '{}': give each dataset once, or set distinct \"name\" fields",
-                    other.folder.display(),
-                    t.folder.display(),
+                    other.origin(),
+                    t.origin(),
                     t.name
                 )));
             }

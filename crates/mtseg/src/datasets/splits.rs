@@ -24,11 +24,15 @@ pub struct Splits {
 }
 
 impl Splits {
-    /// Looks for `splits.json` inside the dataset folder, then in its parent.
+    /// Looks for `splits.json` inside the dataset folder, then in its parent (none for a
+    /// task held in memory).
     pub fn find_for(task: &Task) -> Result<Splits> {
+        let Some(folder) = &task.folder else {
+            return Ok(Splits::default());
+        };
         let candidates = [
-            Some(task.folder.join("splits.json")),
-            task.folder.parent().map(|p| p.join("splits.json")),
+            Some(folder.join("splits.json")),
+            folder.parent().map(|p| p.join("splits.json")),
         ];
         for path in candidates.into_iter().flatten() {
             if path.is_file() {
@@ -57,9 +61,9 @@ impl Splits {
     pub fn split_for(&self, task: &Task) -> Result<Split> {
         let folder_name = task
             .folder
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .as_deref()
+            .and_then(Path::file_name)
+            .map_or_else(|| task.name.clone(), |n| n.to_string_lossy().into_owned());
         let listed = self
             .entries
             .get(&folder_name)
@@ -74,7 +78,7 @@ impl Splits {
                     source,
                     format!(
                         "case '{id}' of {folder_name} is not a labelled case of {}",
-                        task.folder.display()
+                        task.origin()
                     ),
                 ));
             }
@@ -90,9 +94,13 @@ impl Splits {
 }
 
 /// Every fifth labelled case (sorted by id) is a test case; datasets of fewer than two cases
-/// have no test set.
+/// have no test set. A task held in memory trains on every case: the program chose them.
 pub fn default_split(task: &Task) -> Split {
     let mut split = Split::default();
+    if task.folder.is_none() {
+        split.train = task.training.iter().map(|c| c.id.clone()).collect();
+        return split;
+    }
     let n = task.training.len();
     for (i, case) in task.training.iter().enumerate() {
         if n >= 2 && (i % 5 == 4 || (n < 5 && i == n - 1)) {

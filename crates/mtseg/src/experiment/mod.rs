@@ -170,11 +170,7 @@ fn run_one(
     let mut preset = request.preset.clone();
     preset.network.set_output_mode(spec.output_mode);
     let train_request = TrainRequest {
-        datasets: spec
-            .tasks
-            .iter()
-            .map(|&t| set.tasks[t].folder.clone())
-            .collect(),
+        tasks: spec.tasks.iter().map(|&t| set.tasks[t].clone()).collect(),
         out: folder.to_path_buf(),
         preset,
         resume: true,
@@ -201,9 +197,13 @@ fn run_one(
                 .ok_or_else(|| Error::usage(format!("task {}: no test case '{id}'", task.name)))?;
             let output = predictions.join(format!("{id}.nii.gz"));
             // No task given: the network must recognise the scan, as in the paper.
-            segment_file(&segmenter, &case.image, &output, None)?;
-            let reference = case.label.clone().expect("training cases are labelled");
-            pairs.push((output, reference));
+            let (Some(image), Some(reference)) = (case.image_file(), case.label_file()) else {
+                unreachable!(
+                    "the experiment opens its tasks from folders, and test cases are labelled"
+                )
+            };
+            segment_file(&segmenter, image, &output, None)?;
+            pairs.push((output, reference.to_path_buf()));
         }
         if !pairs.is_empty() {
             cases.extend(evaluate_pairs(&pairs, &evaluation_task(task))?.cases);

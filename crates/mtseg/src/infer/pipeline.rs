@@ -244,6 +244,7 @@ impl Segmenter {
         if image.data.is_empty() {
             return Err(Error::usage("an empty image has nothing to segment"));
         }
+        image.check(Path::new("<image in memory>"))?;
         let (run, choice) = match self.task {
             Some(t) => (self.run_task(image, t, None), Choice::given()),
             None => self.recognise(image),

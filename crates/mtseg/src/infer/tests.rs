@@ -192,3 +192,17 @@ fn volumes_and_intensities_are_measured_on_the_input_grid() {
     assert!(sidecar["quality"]["ok"].is_boolean());
     assert!(sidecar["quality"]["warnings"].is_array());
 }
+
+#[test]
+fn a_volume_built_wrong_in_memory_is_refused_not_a_panic() {
+    let segmenter = segmenter_with(tiny_network());
+    let mut short = ras_image();
+    short.data.pop();
+    let error = segmenter.segment(&short).err().unwrap().to_string();
+    assert!(error.contains("voxels, but its grid"), "{error}");
+
+    let mut flat = ras_image();
+    flat.grid.affine[(2, 2)] = 0.0;
+    let error = segmenter.segment(&flat).err().unwrap().to_string();
+    assert!(error.contains("singular"), "{error}");
+}

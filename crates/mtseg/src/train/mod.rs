@@ -15,7 +15,7 @@ use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, BalancedSampler, RandomisedTask, TaskDraw, TrainingVolume};
-use crate::datasets::{Modality, Split, Splits, TaskSet, hold_out_validation};
+use crate::datasets::{Modality, Split, Splits, Task, TaskSet, hold_out_validation};
 use crate::device::Hardware;
 use crate::engine::{StepInput, Stepper, dense_engine};
 use crate::error::{Error, Result};
@@ -34,7 +34,9 @@ const VALIDATION_EXTENT: usize = 64;
 /// What to train and where.
 #[derive(Clone, Debug)]
 pub struct TrainRequest {
-    pub datasets: Vec<PathBuf>,
+    /// One task per dataset: nnU-Net folders ([`Task::open`]) or cases held in memory
+    /// ([`Task::in_memory`]).
+    pub tasks: Vec<Task>,
     pub out: PathBuf,
     pub preset: Preset,
     /// Continue from `out/checkpoint.mtseg`.
@@ -51,6 +53,39 @@ pub struct TrainRequest {
     pub hardware: Hardware,
     /// GPUs to train on, data parallel (1 on the CPU).
     pub gpus: usize,
+}
+
+impl TrainRequest {
+    /// Trains `tasks` with `preset` into `out`: from scratch, on the CPU, without a time limit,
+    /// on each task's split (a folder's `splits.json`, else every fifth case left out for
+    /// testing; every case of a task held in memory).
+    ///
+    /// ```no_run
+    /// use mtseg::datasets::{DatasetJson, Task};
+    /// use mtseg::model::Preset;
+    /// use mtseg::train::{self, Quiet, TrainRequest};
+    ///
+    /// # fn cases() -> Vec<(String, mtseg::io::Image, mtseg::io::LabelMap)> { unimplemented!() }
+    /// let json = DatasetJson::new("Hippocampus", "MRI", &[("background", 0), ("anterior", 1), ("posterior", 2)]);
+    /// let task = Task::in_memory(json, cases())?;
+    /// let request = TrainRequest::new(vec![task], "runs/hippocampus", Preset::unet());
+    /// let outcome = train::train(&request, &mut Quiet)?;
+    /// let segmenter = mtseg::infer::Segmenter::builder().model(outcome.model).build()?;
+    /// # Ok::<(), mtseg::Error>(())
+    /// ```
+    pub fn new(tasks: Vec<Task>, out: impl Into<PathBuf>, preset: Preset) -> Self {
+        TrainRequest {
+            tasks,
+            out: out.into(),
+            preset,
+            resume: false,
+            init_weights: None,
+            time_budget: None,
+            splits: None,
+            hardware: Hardware::Cpu,
+            gpus: 1,
+        }
+    }
 }
 
 /// Receives training progress (the CLI draws a progress bar with it).
@@ -102,7 +137,7 @@ pub fn prepare(request: &TrainRequest, observer: &mut dyn Observer) -> Result<Tr
         .preset
         .validate()
         .map_err(|m| Error::usage(format!("invalid settings: {m}")))?;
-    let set = TaskSet::open(&request.datasets)?;
+    let set = TaskSet::new(request.tasks.clone())?;
     let training = &request.preset.training;
     for (setting, named) in [
         (
