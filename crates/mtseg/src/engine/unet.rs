@@ -186,10 +186,17 @@ impl FoldedUNet {
         let (c, tc) = (self.channels(), self.task_channels());
         let mut classes = vec![0f32; n * c * plane];
         let mut tasks = vec![0f32; n * tc * plane];
+        // One (possibly empty) slice of task logits per stack: without a task head (union
+        // mode) there are none, and zipping with no chunks at all would skip every stack.
+        let task_chunks: Vec<&mut [f32]> = if tc == 0 {
+            (0..n).map(|_| <&mut [f32]>::default()).collect()
+        } else {
+            tasks.chunks_mut(tc * plane).collect()
+        };
         stacks
             .par_chunks(INPUT_CHANNELS * plane)
             .zip(classes.par_chunks_mut(c * plane))
-            .zip(tasks.par_chunks_mut((tc * plane).max(1)))
+            .zip(task_chunks)
             .for_each(|((stack, classes), tasks)| {
                 let features = self.features(stack, h, w);
                 classes.copy_from_slice(&self.classes.forward(&features, plane, 1));
@@ -254,11 +261,16 @@ mod tests {
         let device = Device::flex();
         // Widths 8 and 16 at three levels: both the direct kernel's channel counts and, on
         // CPUs without it, the matrix-product path.
-        for (levels, width) in [(3, 8), (2, 16)] {
+        // Both output modes: union mode has no task head.
+        for (levels, width, mode) in [
+            (3, 8, OutputMode::PerTask),
+            (2, 16, OutputMode::PerTask),
+            (3, 8, OutputMode::Union),
+        ] {
             let config = UNetConfig::new()
                 .with_levels(levels)
                 .with_width(width)
-                .with_output_mode(OutputMode::PerTask);
+                .with_output_mode(mode);
             let mut net = UNet::new(&config, 5, 2, &device);
             for block in net.encoder.iter_mut().chain(net.decoder.iter_mut()) {
                 perturbed(&mut block.first_norm, &device);
@@ -274,7 +286,8 @@ mod tests {
             let input = values(x.clone().permute([0, 2, 3, 1]));
             let (logits, task_logits) = net.forward(x);
             let last = |t: Tensor<4>| values(t.permute([0, 2, 3, 1]));
-            let (expected, expected_task) = (last(logits), last(task_logits.unwrap()));
+            let (expected, expected_task) =
+                (last(logits), task_logits.map(last).unwrap_or_default());
             let (got, got_task) = FoldedUNet::from_burn(&net).forward(&input, n, h, w);
             for (name, got, expected) in [
                 ("classes", got, expected),
