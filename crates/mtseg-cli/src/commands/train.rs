@@ -139,6 +139,10 @@ pub fn preset_from(
 
 pub fn run(args: Args) -> Result<()> {
     let preset = preset_from(&args.config, args.iterations, args.output_mode, args.seed)?;
+    let hardware = args.device.into();
+    let gpus = args.gpus.into();
+    // A device that cannot train is reported before the datasets are opened.
+    mtseg::device::Hardware::burn_devices(hardware, gpus)?;
     let request = TrainRequest {
         tasks: args
             .datasets
@@ -151,8 +155,8 @@ pub fn run(args: Args) -> Result<()> {
         init_weights: args.init_weights,
         time_budget: args.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
         splits: None,
-        hardware: args.device.into(),
-        gpus: args.gpus.into(),
+        hardware,
+        gpus,
     };
     let mut observer = ProgressObserver::new("train");
     let outcome = train::train(&request, &mut observer);
