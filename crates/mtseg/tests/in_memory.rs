@@ -146,52 +146,52 @@ fn a_task_in_memory_without_a_split_trains_on_every_case() {
     assert!(split.test.is_empty());
 }
 
+/// Asserts that `Task::in_memory` refuses `cases` with an error holding every one of `parts`.
+fn assert_refused(json: DatasetJson, cases: Vec<(String, Image, LabelMap)>, parts: &[&str]) {
+    let error = Task::in_memory(json, cases).unwrap_err().to_string();
+    assert!(parts.iter().all(|p| error.contains(p)), "{error}");
+}
+
 #[test]
 fn bad_cases_in_memory_are_refused_with_the_case_named() {
     let (id, image, mut labels) = case(0);
     labels.data[0] = 7;
-    let error = Task::in_memory(json(), vec![(id, image, labels)])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("<memory>/Toy/toy_000") && error.contains("label value 7"),
-        "{error}"
+    assert_refused(
+        json(),
+        vec![(id, image, labels)],
+        &["<memory>/Toy/toy_000", "label value 7"],
     );
 
     let (id, image, _) = case(1);
     let small = LabelMap::filled(Grid::axis_aligned([8; 3], [1.0; 3]), 0, DataType::U8);
-    let error = Task::in_memory(json(), vec![(id, image, small)])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("<memory>/Toy/toy_001") && error.contains("shape"),
-        "{error}"
+    assert_refused(
+        json(),
+        vec![(id, image, small)],
+        &["<memory>/Toy/toy_001", "shape"],
     );
 
-    let twice = vec![case(2), case(2)];
-    let error = Task::in_memory(json(), twice).unwrap_err().to_string();
-    assert!(error.contains("'toy_002' is given twice"), "{error}");
+    assert_refused(
+        json(),
+        vec![case(2), case(2)],
+        &["'toy_002' is given twice"],
+    );
 
     let (id, mut image, labels) = case(4);
     image.data.pop();
-    let error = Task::in_memory(json(), vec![(id, image, labels)])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("<memory>/Toy/toy_004") && error.contains("voxels"),
-        "{error}"
+    assert_refused(
+        json(),
+        vec![(id, image, labels)],
+        &["<memory>/Toy/toy_004", "voxels"],
     );
 
     let (_, image, labels) = case(5);
-    let error = Task::in_memory(json(), vec![("a/b".into(), image, labels)])
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("case id 'a/b'"), "{error}");
+    assert_refused(
+        json(),
+        vec![("a/b".into(), image, labels)],
+        &["case id 'a/b'"],
+    );
 
     let mut unnamed = json();
     unnamed.name = None;
-    let error = Task::in_memory(unnamed, vec![case(3)])
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("needs a name"), "{error}");
+    assert_refused(unnamed, vec![case(3)], &["needs a name"]);
 }
