@@ -1,9 +1,12 @@
 //! The 3x3 convolution's sums as a direct SIMD kernel, for CPUs with AVX-512 or AVX2 and FMA:
 //! the forward pass (one output row at a time) and the weight gradient of training. A block
 //! of rows of sums (6 to 24 rows of one to four vectors of output channels, as many as the
-//! registers hold) stays in registers while the terms stream past: nothing is packed, partial sums never go back to
-//! memory, and each result is written once. The matrix products of `conv.rs` compute the
-//! same sums where this kernel does not apply (another CPU, or co not a multiple of 8).
+//! registers hold) stays in registers while the terms stream past: nothing is packed, partial
+//! sums never go back to memory, and each result is written once. With AVX-512 the last
+//! vector of channels may be partial (masked), so any channel count runs here (the U-Net's
+//! 20 and 40); with AVX2 whole vectors only. The matrix products of `conv.rs` compute the
+//! same sums where this kernel does not apply (another CPU, or AVX2 and co not a multiple of
+//! 8).
 //!
 //! Written by hand because no maintained crate offers a channels-last 3x3 convolution for
 //! these sizes; tested against a direct scalar convolution.
@@ -12,7 +15,7 @@ use super::conv::Conv3x3;
 
 /// A panel of sums, as raw pointers into checked slices:
 /// `out[i][c] = init[i][c] + sum over segments s and steps t of a_s[i * a_row + t * a_step] *
-/// b_s[t * co + c]`, for rows i < `rows` and channels c < `co`.
+/// b_s[t * b_step + c]`, for rows i < `rows` and columns c < `columns` (the vector lanes).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Panel {
     /// Up to three segments summed into the same results (the three dy of a convolution).
@@ -21,15 +24,17 @@ struct Panel {
     segments: usize,
     a_row: usize,
     a_step: usize,
+    b_step: usize,
     steps: usize,
     rows: usize,
-    co: usize,
+    columns: usize,
     /// Initial values: row i at `init + i * init_row` (0: the same row, a bias, for all);
     /// null: zeros.
     init: *const f32,
     init_row: usize,
-    /// Row i at `out + i * co`.
+    /// Row i at `out + i * out_row`.
     out: *mut f32,
+    out_row: usize,
 }
 
 /// The instruction set the kernel runs with on this CPU for `co` output channels, if any.
@@ -47,14 +52,24 @@ impl Isa {
             .find(|isa| isa.supports(co))
     }
 
-    /// Whether this CPU has the instruction set and `co` is a whole number of its vectors.
+    /// Vector multiplications of a panel of `rows` rows by `columns` columns, per step.
+    fn vectors(self, rows: usize, columns: usize) -> usize {
+        let lanes = match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+        };
+        rows * columns.div_ceil(lanes)
+    }
+
+    /// Whether this CPU has the instruction set and the kernel runs `co` channels on it: any
+    /// number with AVX-512 (its masked loads and stores take a last, partial vector), whole
+    /// vectors with AVX2 (whose masked stores are slow on AMD's cores).
     pub fn supports(self, co: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
-                Isa::Avx512 => {
-                    co.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f")
-                }
+                // Any count: the last vector of channels is masked.
+                Isa::Avx512 => co > 0 && std::arch::is_x86_feature_detected!("avx512f"),
                 Isa::Avx2 => {
                     co.is_multiple_of(8)
                         && std::arch::is_x86_feature_detected!("avx2")
@@ -94,12 +109,14 @@ pub fn forward_row(conv: &Conv3x3, isa: Isa, x: &[f32], w: usize, y: usize, out_
         segments: 3,
         a_row: ci,
         a_step: 1,
+        b_step: co,
         steps: taps,
         rows: w - 2,
-        co,
+        columns: co,
         init: conv.bias.as_ptr(),
         init_row: 0,
         out: out_row.as_mut_ptr(),
+        out_row: co,
     };
     // SAFETY: the largest input index is (y + 2) w ci + (w - 3) ci + 3 ci - 1 < (y + 3) w ci,
     // the largest weight index 9 ci co - 1, the largest output (w - 2) co - 1: all checked.
@@ -130,12 +147,14 @@ pub fn matrix_product(
         segments: 1,
         a_row: k,
         a_step: 1,
+        b_step: co,
         steps: k,
         rows,
-        co,
+        columns: co,
         init: std::ptr::null(),
         init_row: 0,
         out: out.as_mut_ptr(),
+        out_row: co,
     };
     // SAFETY: the largest index of a is rows k - 1, of b k co - 1, of out rows co - 1: all
     // checked.
@@ -146,6 +165,10 @@ pub fn matrix_product(
 /// `dW_dy (3ci x co) += X_dy^T (3ci x m) * dz (m x co)`, where row p of X_dy is the 3 ci
 /// inputs from pixel p + dy w on and `dz` holds the output gradient over the input's full
 /// width (`m = (h - 2) w - 2` rows, zero in the columns that are not outputs).
+///
+/// The lanes run over the output channels, or over the 3 ci taps (the transposed product,
+/// `dW_dy^T = dz^T X_dy`) where that leaves fewer lanes idle: 20 channels fill two
+/// AVX-512 vectors to 62%, the 60 taps of 20 inputs four to 94%.
 pub fn add_weight_gradient(
     ci: usize,
     co: usize,
@@ -170,29 +193,69 @@ pub fn add_weight_gradient(
         extent(&[9, ci, co]),
         "weight gradient: dw is not 9 ci x co"
     );
+    let transposed = isa.supports(taps) && isa.vectors(co, taps) < isa.vectors(taps, co);
+    let mut dwt = if transposed {
+        vec![0f32; 3 * co * taps]
+    } else {
+        Vec::new()
+    };
     // The pixels in runs of STEPS: shorter sums round better, and a run's inputs and output
     // gradients stay in cache while every block of rows reads them.
     const STEPS: usize = 1024;
     for dy in 0..3 {
-        let dw_dy = dw[dy * taps * co..].as_mut_ptr();
         for t0 in (0..m).step_by(STEPS) {
-            let panel = Panel {
-                a: [x[(dy * w + t0) * ci..].as_ptr(); 3],
-                b: [dz[t0 * co..].as_ptr(); 3],
-                segments: 1,
-                a_row: 1,
-                a_step: ci,
-                steps: STEPS.min(m - t0),
-                rows: taps,
-                co,
-                init: dw_dy,
-                init_row: co,
-                out: dw_dy,
+            let x_run = x[(dy * w + t0) * ci..].as_ptr();
+            let dz_run = dz[t0 * co..].as_ptr();
+            let steps = STEPS.min(m - t0);
+            let panel = if transposed {
+                let dwt_dy = dwt[dy * co * taps..].as_mut_ptr();
+                Panel {
+                    a: [dz_run; 3],
+                    b: [x_run; 3],
+                    segments: 1,
+                    a_row: 1,
+                    a_step: co,
+                    b_step: ci,
+                    steps,
+                    rows: co,
+                    columns: taps,
+                    init: dwt_dy,
+                    init_row: taps,
+                    out: dwt_dy,
+                    out_row: taps,
+                }
+            } else {
+                let dw_dy = dw[dy * taps * co..].as_mut_ptr();
+                Panel {
+                    a: [x_run; 3],
+                    b: [dz_run; 3],
+                    segments: 1,
+                    a_row: 1,
+                    a_step: ci,
+                    b_step: co,
+                    steps,
+                    rows: taps,
+                    columns: co,
+                    init: dw_dy,
+                    init_row: co,
+                    out: dw_dy,
+                    out_row: co,
+                }
             };
             // SAFETY: the largest input index is dy w ci + 3 ci - 1 + (m - 1) ci
-            // < (m + 2 w + 2) ci, the largest dz index m co - 1, the largest dw index
-            // 9 ci co - 1: all checked. Each result is read (init) before it is written.
+            // < (m + 2 w + 2) ci, the largest dz index m co - 1, the largest dw (and dwt)
+            // index 9 ci co - 1: all checked. Each result is read (init) before it is written.
             unsafe { run(isa, &panel) };
+        }
+    }
+    if transposed {
+        for (dy, dwt_dy) in dwt.chunks_exact(co * taps).enumerate() {
+            let dw_dy = &mut dw[dy * taps * co..][..taps * co];
+            for (o, row) in dwt_dy.chunks_exact(taps).enumerate() {
+                for (k, g) in row.iter().enumerate() {
+                    dw_dy[k * co + o] += g;
+                }
+            }
         }
     }
 }
@@ -208,9 +271,9 @@ fn extent(sizes: &[usize]) -> usize {
 /// SAFETY: `panel`'s pointers cover the indices its sizes reach.
 unsafe fn run(isa: Isa, panel: &Panel) {
     assert!(
-        isa.supports(panel.co),
+        isa.supports(panel.columns),
         "direct convolution: {isa:?} cannot run {} channels here",
-        panel.co
+        panel.columns
     );
     // SAFETY: the CPU has the instruction set (checked just above); the caller vouches for
     // the extents.
@@ -229,10 +292,12 @@ unsafe fn run(isa: Isa, panel: &Panel) {
 /// vector, about `$registers` accumulators and at most `$vectors` vectors of channels per
 /// block, so that the accumulators, the block's b row and one broadcast input fit the
 /// vector registers (32 with AVX-512, 16 with AVX2: with four vectors of b, AVX2's twelve
-/// accumulators spilled to the stack inside the loop).
+/// accumulators spilled to the stack inside the loop). The last vector of a block goes
+/// through `$load_last` and `$store_last` with a mask of its lanes in use.
 macro_rules! kernel {
     ($isa:ident, $feature:literal, $lanes:literal, $registers:literal, $vectors:literal,
-     $zero:ident, $load:ident, $broadcast:ident, $fma:ident, $store:ident) => {
+     $zero:ident, $load:ident, $broadcast:ident, $fma:ident, $store:ident,
+     $load_last:path, $store_last:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
@@ -244,18 +309,21 @@ macro_rules! kernel {
             /// SAFETY: the CPU has the instruction set; `panel`'s pointers cover its extents.
             #[target_feature(enable = $feature)]
             pub unsafe fn panel(panel: &Panel) {
-                // Output channels in chunks of at most `$vectors` vectors; rows per block so
-                // that the accumulators fill the registers.
+                // Output channels in chunks of at most `$vectors` vectors, the last one
+                // possibly partial; rows per block so that the accumulators fill the registers.
                 let mut c0 = 0;
-                while c0 < panel.co {
-                    let vectors = ((panel.co - c0) / LANES).min($vectors);
+                while c0 < panel.columns {
+                    let left = panel.columns - c0;
+                    let vectors = left.div_ceil(LANES).min($vectors);
+                    let last_lanes = (left - (vectors - 1) * LANES).min(LANES);
+                    let last = ((1u32 << last_lanes) - 1) as u16;
                     unsafe {
                         match vectors {
-                            4 => chunk::<4, { $registers / 4 }>(panel, c0),
-                            3 => chunk::<3, { $registers / 3 }>(panel, c0),
-                            2 => chunk::<2, { $registers / 2 }>(panel, c0),
-                            1 => chunk::<1, { $registers }>(panel, c0),
-                            _ => unreachable!("co is a multiple of the vector width"),
+                            4 => chunk::<4, { $registers / 4 }>(panel, c0, last),
+                            3 => chunk::<3, { $registers / 3 }>(panel, c0, last),
+                            2 => chunk::<2, { $registers / 2 }>(panel, c0, last),
+                            1 => chunk::<1, { $registers }>(panel, c0, last),
+                            _ => unreachable!("one to four vectors a chunk"),
                         }
                     }
                     c0 += vectors * LANES;
@@ -263,38 +331,55 @@ macro_rules! kernel {
             }
 
             #[target_feature(enable = $feature)]
-            unsafe fn chunk<const NV: usize, const PB: usize>(panel: &Panel, c0: usize) {
+            unsafe fn chunk<const NV: usize, const PB: usize>(panel: &Panel, c0: usize, last: u16) {
                 let mut i0 = 0;
                 while i0 + PB <= panel.rows {
-                    unsafe { block::<NV, PB>(panel, c0, i0) };
+                    unsafe { block::<NV, PB>(panel, c0, i0, last) };
                     i0 += PB;
                 }
-                // The rest in blocks of four, then one by one: a single row's sums form one
-                // dependent chain per vector, which leaves the multipliers idle.
+                // The rest in blocks of four, two, then one by one: a single row's sums form
+                // one dependent chain per vector, which leaves the multipliers idle.
                 while PB > 4 && i0 + 4 <= panel.rows {
-                    unsafe { block::<NV, 4>(panel, c0, i0) };
+                    unsafe { block::<NV, 4>(panel, c0, i0, last) };
                     i0 += 4;
                 }
+                while PB > 2 && i0 + 2 <= panel.rows {
+                    unsafe { block::<NV, 2>(panel, c0, i0, last) };
+                    i0 += 2;
+                }
                 while i0 < panel.rows {
-                    unsafe { block::<NV, 1>(panel, c0, i0) };
+                    unsafe { block::<NV, 1>(panel, c0, i0, last) };
                     i0 += 1;
                 }
             }
 
-            /// Rows `i0..i0 + PB`, channels `c0..c0 + NV * LANES`. Addresses advance by
-            /// wrapping pointer steps because after the last step they point past the
-            /// slices (never read there), where `add` would be undefined behaviour.
+            /// Rows `i0..i0 + PB`, channels `c0..c0 + NV * LANES`, the last vector's lanes
+            /// masked by `last`. Addresses advance by wrapping pointer steps because after
+            /// the last step they point past the slices (never read there), where `add`
+            /// would be undefined behaviour.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn block<const NV: usize, const PB: usize>(panel: &Panel, c0: usize, i0: usize) {
-                let co = panel.co;
+            unsafe fn block<const NV: usize, const PB: usize>(
+                panel: &Panel,
+                c0: usize,
+                i0: usize,
+                last: u16,
+            ) {
+                // Vector v of the channels from `at` on (NV is a constant: the test folds).
+                let load = |at: *const f32, v: usize| unsafe {
+                    if v + 1 == NV {
+                        $load_last(at.wrapping_add(v * LANES), last)
+                    } else {
+                        $load(at.wrapping_add(v * LANES))
+                    }
+                };
                 unsafe {
                     let mut acc = [[$zero(); NV]; PB];
                     if !panel.init.is_null() {
                         let mut init = panel.init.wrapping_add(i0 * panel.init_row + c0);
                         for row in acc.iter_mut() {
                             for (v, value) in row.iter_mut().enumerate() {
-                                *value = $load(init.wrapping_add(v * LANES));
+                                *value = load(init, v);
                             }
                             init = init.wrapping_add(panel.init_row);
                         }
@@ -305,7 +390,7 @@ macro_rules! kernel {
                         for _ in 0..panel.steps {
                             let mut bv = [$zero(); NV];
                             for (v, bv) in bv.iter_mut().enumerate() {
-                                *bv = $load(b.wrapping_add(v * LANES));
+                                *bv = load(b, v);
                             }
                             let mut a_row = a;
                             for row in acc.iter_mut() {
@@ -316,20 +401,56 @@ macro_rules! kernel {
                                 a_row = a_row.wrapping_add(panel.a_row);
                             }
                             a = a.wrapping_add(panel.a_step);
-                            b = b.wrapping_add(co);
+                            b = b.wrapping_add(panel.b_step);
                         }
                     }
-                    let mut out = panel.out.wrapping_add(i0 * co + c0);
+                    let mut out = panel.out.wrapping_add(i0 * panel.out_row + c0);
                     for row in acc.iter() {
                         for (v, value) in row.iter().enumerate() {
-                            $store(out.wrapping_add(v * LANES), *value);
+                            let at = out.wrapping_add(v * LANES);
+                            if v + 1 == NV {
+                                $store_last(at, last, *value);
+                            } else {
+                                $store(at, *value);
+                            }
                         }
-                        out = out.wrapping_add(co);
+                        out = out.wrapping_add(panel.out_row);
                     }
                 }
             }
         }
     };
+}
+
+/// The last vector's loads and stores: masked with AVX-512; with AVX2 every vector is whole
+/// ([`Isa::supports`]) and the mask is not needed.
+#[cfg(target_arch = "x86_64")]
+mod last_vector {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn load512(at: *const f32, lanes: u16) -> __m512 {
+        unsafe { _mm512_maskz_loadu_ps(lanes, at) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn store512(at: *mut f32, lanes: u16, value: __m512) {
+        unsafe { _mm512_mask_storeu_ps(at, lanes, value) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn load256(at: *const f32, _lanes: u16) -> __m256 {
+        unsafe { _mm256_loadu_ps(at) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn store256(at: *mut f32, _lanes: u16, value: __m256) {
+        unsafe { _mm256_storeu_ps(at, value) }
+    }
 }
 
 kernel!(
@@ -342,7 +463,9 @@ kernel!(
     _mm512_loadu_ps,
     _mm512_broadcastss_ps,
     _mm512_fmadd_ps,
-    _mm512_storeu_ps
+    _mm512_storeu_ps,
+    super::last_vector::load512,
+    super::last_vector::store512
 );
 kernel!(
     avx2,
@@ -354,7 +477,9 @@ kernel!(
     _mm256_loadu_ps,
     _mm256_broadcastss_ps,
     _mm256_fmadd_ps,
-    _mm256_storeu_ps
+    _mm256_storeu_ps,
+    super::last_vector::load256,
+    super::last_vector::store256
 );
 
 #[cfg(test)]
@@ -394,6 +519,14 @@ mod tests {
                 (4, 8, 5, 19),
                 (3, 24, 4, 9),
                 (2, 40, 3, 6),
+                // Partial last vectors (AVX-512 only): the U-Net's 20 and 40, and fewer
+                // channels than one vector.
+                (5, 20, 5, 14),
+                (20, 40, 4, 11),
+                (3, 5, 4, 9),
+                (7, 50, 3, 8),
+                // 13 rows of four vectors: blocks of six, four, two and one.
+                (3, 64, 3, 15),
             ] {
                 if !isa.supports(co) {
                     continue;
@@ -431,6 +564,8 @@ mod tests {
                 (5, 48, 4, 6),
                 (2, 8, 4, 5),
                 (3, 24, 40, 41),
+                (5, 20, 9, 12),
+                (20, 40, 6, 7),
             ] {
                 if !isa.supports(co) {
                     continue;

@@ -16,10 +16,12 @@ use rayon::prelude::*;
 use super::conv::{Conv3x3, forward_image};
 use super::direct::{self, Isa};
 
-/// Channels per step of the transforms: one AVX2 vector, or one AVX-512 vector where the
-/// channels are a multiple of 16.
+/// Channels per step of the transforms: one AVX2 vector, one AVX-512 vector where the
+/// channels are a multiple of 16, or four where they are not a multiple of 8 (the U-Net's
+/// 20 channels).
 const LANES: usize = 8;
 const WIDE_LANES: usize = 16;
+const NARROW_LANES: usize = 4;
 type Lanes<const L: usize> = [f32; L];
 
 /// Tiles transformed and multiplied together: few enough that their transforms (100 KB each
@@ -43,8 +45,10 @@ pub struct PreparedConv {
 
 impl PreparedConv {
     pub fn new(conv: Conv3x3) -> Self {
+        // The transforms run whole steps of channels, in and out.
         let transformed = Isa::best_for(conv.co)
-            .filter(|_| conv.ci >= MIN_INPUTS && conv.ci.is_multiple_of(LANES))
+            .filter(|_| conv.ci >= MIN_INPUTS && conv.ci.is_multiple_of(NARROW_LANES))
+            .filter(|_| conv.co.is_multiple_of(NARROW_LANES))
             .map(|isa| (isa, transformed_weights(&conv)));
         PreparedConv { conv, transformed }
     }
@@ -269,39 +273,68 @@ unsafe fn store<const L: usize>(at: *mut f32, values: Lanes<L>) {
 /// access the compiler kept the 16 addresses of a tile on the stack, and the transform took a
 /// fifth of a slice's time for a few additions per value.
 #[inline(always)]
-fn inputs<const L: usize>(batch: &Batch, x: &[f32], v: &mut [f32]) {
+fn inputs<const W: usize>(batch: &Batch, x: &[f32], v: &mut [f32]) {
     let Batch { w, ci, y0, n, .. } = *batch;
     let stride = spread(n * ci);
     assert!(
-        w >= 4 && (y0 + 4) * w * ci <= x.len() && 16 * stride <= v.len() && ci.is_multiple_of(L),
+        w >= 4
+            && (y0 + 4) * w * ci <= x.len()
+            && 16 * stride <= v.len()
+            && ci.is_multiple_of(NARROW_LANES),
         "Winograd input transform: out of bounds"
     );
     let row = w * ci;
     for t in 0..n {
         // SAFETY (all accesses below): tile t's columns `column..column + 4` are inside the
         // row (`Batch::column`, with w >= 4), its rows inside `x` and its 16 outputs inside
-        // `v` (checked above), and c + L <= ci.
+        // `v` (checked above), and each step's lanes end at ci at the latest.
         let x_t = unsafe { x.as_ptr().add((y0 * w + batch.column(t)) * ci) };
         let v_t = unsafe { v.as_mut_ptr().add(t * ci) };
-        for c in (0..ci).step_by(L) {
-            // Along the columns of the tile, then along its rows (loops rather than
-            // `array::map`, which the compiler left as calls).
-            let mut columns = [[[0f32; L]; 4]; 4];
-            for (j, column_j) in columns.iter_mut().enumerate() {
-                let mut d = [[0f32; L]; 4];
-                for (i, d) in d.iter_mut().enumerate() {
-                    *d = unsafe { load(x_t.add(i * row + j * ci + c)) };
-                }
-                *column_j = input_1d(d);
-            }
-            // `a` is the second index of `columns`: no iterator to walk instead.
-            #[allow(clippy::needless_range_loop)]
-            for a in 0..4 {
-                let row = input_1d([columns[0][a], columns[1][a], columns[2][a], columns[3][a]]);
-                for (b, values) in row.into_iter().enumerate() {
-                    unsafe { store(v_t.add((a * 4 + b) * stride + c), values) };
-                }
-            }
+        let mut c = 0;
+        while c + W <= ci {
+            unsafe { input_lanes::<W>(x_t, row, ci, v_t, stride, c) };
+            c += W;
+        }
+        while c + LANES <= ci {
+            unsafe { input_lanes::<LANES>(x_t, row, ci, v_t, stride, c) };
+            c += LANES;
+        }
+        while c < ci {
+            unsafe { input_lanes::<NARROW_LANES>(x_t, row, ci, v_t, stride, c) };
+            c += NARROW_LANES;
+        }
+    }
+}
+
+/// Channels `c..c + L` of one tile (at `x_t`, rows `row` apart) into the transform's domain
+/// (at `v_t`, the 16 positions `stride` apart).
+///
+/// SAFETY: as in [`inputs`].
+#[inline(always)]
+unsafe fn input_lanes<const L: usize>(
+    x_t: *const f32,
+    row: usize,
+    ci: usize,
+    v_t: *mut f32,
+    stride: usize,
+    c: usize,
+) {
+    // Along the columns of the tile, then along its rows (loops rather than `array::map`,
+    // which the compiler left as calls).
+    let mut columns = [[[0f32; L]; 4]; 4];
+    for (j, column_j) in columns.iter_mut().enumerate() {
+        let mut d = [[0f32; L]; 4];
+        for (i, d) in d.iter_mut().enumerate() {
+            *d = unsafe { load(x_t.add(i * row + j * ci + c)) };
+        }
+        *column_j = input_1d(d);
+    }
+    // `a` is the second index of `columns`: no iterator to walk instead.
+    #[allow(clippy::needless_range_loop)]
+    for a in 0..4 {
+        let row = input_1d([columns[0][a], columns[1][a], columns[2][a], columns[3][a]]);
+        for (b, values) in row.into_iter().enumerate() {
+            unsafe { store(v_t.add((a * 4 + b) * stride + c), values) };
         }
     }
 }
@@ -309,7 +342,7 @@ fn inputs<const L: usize>(batch: &Batch, x: &[f32], v: &mut [f32]) {
 /// The products `m[k][t][o]` (laid out as [`inputs`] lays out `v`) back as each tile's 2x2
 /// block of outputs, bias added, into `rows` (two output rows). Raw pointers as in [`inputs`].
 #[inline(always)]
-fn outputs<const L: usize>(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f32]) {
+fn outputs<const W: usize>(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f32]) {
     let Batch { w, co, n, .. } = *batch;
     let wo = w - 2;
     let stride = spread(n * co);
@@ -318,34 +351,62 @@ fn outputs<const L: usize>(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f
             && 2 * wo * co <= rows.len()
             && 16 * stride <= m.len()
             && co <= bias.len()
-            && co.is_multiple_of(L),
+            && co.is_multiple_of(NARROW_LANES),
         "Winograd output transform: out of bounds"
     );
+    let bias = bias.as_ptr();
     for t in 0..n {
         // SAFETY (all accesses below): the tile's 2x2 outputs are inside the two rows
         // (`Batch::column`, with w >= 4), its 16 products inside `m` (checked above), and
-        // o + L <= co.
+        // each step's lanes end at co at the latest.
         let out_t = unsafe { rows.as_mut_ptr().add(batch.column(t) * co) };
         let m_t = unsafe { m.as_ptr().add(t * co) };
-        for o in (0..co).step_by(L) {
-            let mut columns = [[[0f32; L]; 2]; 4];
-            for (b, column_b) in columns.iter_mut().enumerate() {
-                let mut products = [[0f32; L]; 4];
-                for (a, p) in products.iter_mut().enumerate() {
-                    *p = unsafe { load(m_t.add((a * 4 + b) * stride + o)) };
-                }
-                *column_b = output_1d(products);
-            }
-            let bias = unsafe { load(bias.as_ptr().add(o)) };
-            // As in `inputs`.
-            #[allow(clippy::needless_range_loop)]
-            for i in 0..2 {
-                let row = output_1d([columns[0][i], columns[1][i], columns[2][i], columns[3][i]]);
-                for (j, values) in row.into_iter().enumerate() {
-                    let values = lanewise(values, bias, |a, b| a + b);
-                    unsafe { store(out_t.add((i * wo + j) * co + o), values) };
-                }
-            }
+        let mut o = 0;
+        while o + W <= co {
+            unsafe { output_lanes::<W>(m_t, stride, bias, out_t, wo, co, o) };
+            o += W;
+        }
+        while o + LANES <= co {
+            unsafe { output_lanes::<LANES>(m_t, stride, bias, out_t, wo, co, o) };
+            o += LANES;
+        }
+        while o < co {
+            unsafe { output_lanes::<NARROW_LANES>(m_t, stride, bias, out_t, wo, co, o) };
+            o += NARROW_LANES;
+        }
+    }
+}
+
+/// Channels `o..o + L` of one tile's products (at `m_t`, the 16 positions `stride` apart)
+/// back as its 2x2 block of outputs (at `out_t`, rows `wo` pixels of `co` apart).
+///
+/// SAFETY: as in [`outputs`].
+#[inline(always)]
+unsafe fn output_lanes<const L: usize>(
+    m_t: *const f32,
+    stride: usize,
+    bias: *const f32,
+    out_t: *mut f32,
+    wo: usize,
+    co: usize,
+    o: usize,
+) {
+    let mut columns = [[[0f32; L]; 2]; 4];
+    for (b, column_b) in columns.iter_mut().enumerate() {
+        let mut products = [[0f32; L]; 4];
+        for (a, p) in products.iter_mut().enumerate() {
+            *p = unsafe { load(m_t.add((a * 4 + b) * stride + o)) };
+        }
+        *column_b = output_1d(products);
+    }
+    let bias = unsafe { load(bias.add(o)) };
+    // As in `inputs`.
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..2 {
+        let row = output_1d([columns[0][i], columns[1][i], columns[2][i], columns[3][i]]);
+        for (j, values) in row.into_iter().enumerate() {
+            let values = lanewise(values, bias, |a, b| a + b);
+            unsafe { store(out_t.add((i * wo + j) * co + o), values) };
         }
     }
 }
@@ -354,21 +415,18 @@ fn outputs<const L: usize>(batch: &Batch, m: &[f32], bias: &[f32], rows: &mut [f
 mod compiled {
     use super::{Batch, Isa};
 
-    /// `$wide` channels per step where the channels allow, else [`super::LANES`].
+    /// `$wide` channels per step while they last, then [`super::LANES`], then
+    /// [`super::NARROW_LANES`].
     macro_rules! compiled_for {
         ($isa:ident, $feature:literal, $wide:expr) => {
             #[cfg(target_arch = "x86_64")]
             mod $isa {
-                use super::super::{Batch, LANES, inputs, outputs};
+                use super::super::{Batch, inputs, outputs};
 
                 /// SAFETY: the CPU has the instruction set.
                 #[target_feature(enable = $feature)]
                 pub unsafe fn transform_inputs(batch: &Batch, x: &[f32], v: &mut [f32]) {
-                    if batch.ci.is_multiple_of($wide) {
-                        inputs::<{ $wide }>(batch, x, v)
-                    } else {
-                        inputs::<LANES>(batch, x, v)
-                    }
+                    inputs::<{ $wide }>(batch, x, v)
                 }
 
                 /// SAFETY: the CPU has the instruction set.
@@ -379,11 +437,7 @@ mod compiled {
                     bias: &[f32],
                     rows: &mut [f32],
                 ) {
-                    if batch.co.is_multiple_of($wide) {
-                        outputs::<{ $wide }>(batch, m, bias, rows)
-                    } else {
-                        outputs::<LANES>(batch, m, bias, rows)
-                    }
+                    outputs::<{ $wide }>(batch, m, bias, rows)
                 }
             }
         };
@@ -443,6 +497,10 @@ mod tests {
             (40, 40, 6, 8),
             (16, 8, 9, 5),
             (16, 32, 6, TILES * 2 + 5),
+            // Four channels a step (AVX-512): the U-Net's 20 and 40.
+            (20, 20, 7, 10),
+            (40, 20, 6, 9),
+            (20, 40, 5, 12),
         ] {
             let c = conv(ci, co);
             let fast = PreparedConv::new(c.clone());
@@ -475,7 +533,7 @@ mod tests {
     fn applies_only_where_it_saves_work() {
         let first_layer = PreparedConv::new(conv(1, 32));
         assert!(!first_layer.is_transformed());
-        let odd_inputs = PreparedConv::new(conv(12, 32));
+        let odd_inputs = PreparedConv::new(conv(10, 32));
         assert!(!odd_inputs.is_transformed());
         assert_eq!(
             PreparedConv::new(conv(32, 32)).is_transformed(),

@@ -110,7 +110,9 @@ impl Stepper {
         lr: f64,
     ) -> (UNet, f64) {
         match self {
-            Stepper::Kernels(_) => kernels_unet_step(net, optimizer, crops, layout, config, lr),
+            Stepper::Kernels(workspace) => {
+                kernels_unet_step(net, optimizer, crops, layout, config, lr, workspace)
+            }
             Stepper::Replicas(_) => burn_unet_step(net, optimizer, crops, layout, config, lr),
         }
     }
@@ -125,9 +127,16 @@ fn kernels_unet_step(
     layout: &OutputLayout,
     config: &TrainConfig,
     lr: f64,
+    workspace: &engine::Workspace,
 ) -> (UNet, f64) {
     let t0 = Instant::now();
-    let output = engine::unet_train_step(&UNetLayers::from_burn(&net), crops, layout, config);
+    let output = engine::unet_train_step(
+        &UNetLayers::from_burn(&net),
+        crops,
+        layout,
+        config,
+        workspace,
+    );
     let t1 = Instant::now();
     output.write_running_statistics(&net);
     let grads = output.gradients(&net, &Device::flex());

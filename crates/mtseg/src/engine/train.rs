@@ -92,7 +92,7 @@ const KEPT_BUFFERS: usize = 512;
 impl Workspace {
     /// A buffer of `len` values, left from an earlier step if one has that length: its values
     /// are unspecified, and the caller overwrites all of them.
-    fn overwritten(&self, len: usize) -> Vec<f32> {
+    pub(super) fn overwritten(&self, len: usize) -> Vec<f32> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         match free.iter().position(|b| b.len() == len) {
             Some(i) => free.swap_remove(i),
@@ -101,7 +101,7 @@ impl Workspace {
     }
 
     /// Keeps `buffer` for a later [`Workspace::overwritten`].
-    fn keep(&self, buffer: Vec<f32>) {
+    pub(super) fn keep(&self, buffer: Vec<f32>) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         if free.len() < KEPT_BUFFERS && !buffer.is_empty() {
             free.push(buffer);
@@ -664,48 +664,95 @@ pub(super) fn add_soft_dice(
     grad: &mut [f32],
 ) -> f64 {
     let m = channels.len();
-    let probabilities: Vec<f64> = logits
-        .chunks_exact(c)
-        .flat_map(|l| {
-            let max = channels
-                .iter()
-                .map(|&ch| l[ch])
-                .fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f64> = channels
-                .iter()
-                .map(|&ch| ((l[ch] - max) as f64).exp())
-                .collect();
-            let sum: f64 = e.iter().sum();
-            e.into_iter().map(move |x| x / sum)
+    let mut probabilities = vec![0f64; targets.len() * m];
+    probabilities
+        .par_chunks_mut(LOSS_CHUNK * m)
+        .zip(logits.par_chunks(LOSS_CHUNK * c))
+        .for_each(|(p, l)| {
+            for (p, l) in p.chunks_exact_mut(m).zip(l.chunks_exact(c)) {
+                let max = channels
+                    .iter()
+                    .map(|&ch| l[ch])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                for (p, &ch) in p.iter_mut().zip(channels) {
+                    *p = ((l[ch] - max) as f64).exp();
+                }
+                let sum: f64 = p.iter().sum();
+                p.iter_mut().for_each(|x| *x /= sum);
+            }
+        });
+    let hit = |target: i64, q: usize| if target as usize == q { 1.0 } else { 0.0 };
+    // Per chunk, then added up in chunk order.
+    let parts = probabilities
+        .par_chunks(LOSS_CHUNK * m)
+        .zip(targets.par_chunks(LOSS_CHUNK))
+        .map(|(p, t)| {
+            let (mut overlap, mut sizes) = (vec![0f64; dice.len()], vec![0f64; dice.len()]);
+            for (p, &target) in p.chunks_exact(m).zip(t) {
+                for (k, &q) in dice.iter().enumerate() {
+                    overlap[k] += p[q] * hit(target, q);
+                    sizes[k] += p[q] + hit(target, q);
+                }
+            }
+            (overlap, sizes)
         })
         .collect();
-    let is_target = |v: usize, q: usize| if targets[v] as usize == q { 1.0 } else { 0.0 };
-    let (mut overlap, mut sizes) = (vec![0f64; dice.len()], vec![0f64; dice.len()]);
-    for v in 0..targets.len() {
-        for (k, &q) in dice.iter().enumerate() {
-            overlap[k] += probabilities[v * m + q] * is_target(v, q);
-            sizes[k] += probabilities[v * m + q] + is_target(v, q);
-        }
-    }
+    let (overlap, sizes) = sum_in_order(parts, dice.len());
     let mean = (0..dice.len())
         .map(|k| (2.0 * overlap[k] + 1.0) / (sizes[k] + 1.0))
         .sum::<f64>()
         / dice.len() as f64;
     // d(1 - mean Dice)/dp per channel, then through the softmax: dz_j = p_j (g_j - g . p).
     let scale = weight / dice.len() as f64;
-    let mut g = vec![0f64; m];
-    for v in 0..targets.len() {
-        for (k, &q) in dice.iter().enumerate() {
-            let d = sizes[k] + 1.0;
-            g[q] = -scale * (2.0 * is_target(v, q) * d - (2.0 * overlap[k] + 1.0)) / (d * d);
-        }
-        let p = &probabilities[v * m..][..m];
-        let dot: f64 = g.iter().zip(p).map(|(a, b)| a * b).sum();
-        for (q, &ch) in channels.iter().enumerate() {
-            grad[v * c + ch] += (p[q] * (g[q] - dot)) as f32;
-        }
-    }
+    grad.par_chunks_mut(LOSS_CHUNK * c)
+        .zip(probabilities.par_chunks(LOSS_CHUNK * m))
+        .zip(targets.par_chunks(LOSS_CHUNK))
+        .for_each(|((grad, p), t)| {
+            let mut g = vec![0f64; m];
+            for ((grad, p), &target) in grad.chunks_exact_mut(c).zip(p.chunks_exact(m)).zip(t) {
+                for (k, &q) in dice.iter().enumerate() {
+                    let d = sizes[k] + 1.0;
+                    g[q] = -scale * (2.0 * hit(target, q) * d - (2.0 * overlap[k] + 1.0)) / (d * d);
+                }
+                let dot: f64 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+                for (q, &ch) in channels.iter().enumerate() {
+                    grad[ch] += (p[q] * (g[q] - dot)) as f32;
+                }
+            }
+        });
     weight * (1.0 - mean)
+}
+
+/// Pixels per parallel chunk of the loss: a fixed number, so that its sums, taken per chunk
+/// and then in chunk order, do not depend on the threads.
+const LOSS_CHUNK: usize = 4096;
+
+/// [`softmax_cross_entropy`] over every pixel of `logits` (`c` per pixel), the target of
+/// pixel v being `target(v)`, its gradient into `grad`: the summed loss.
+pub(super) fn pixels_cross_entropy(
+    logits: &[f32],
+    c: usize,
+    channels: &[usize],
+    target: impl Fn(usize) -> usize + Sync,
+    weight: f32,
+    grad: &mut [f32],
+) -> f64 {
+    let parts: Vec<f64> = grad
+        .par_chunks_mut(LOSS_CHUNK * c)
+        .zip(logits.par_chunks(LOSS_CHUNK * c))
+        .enumerate()
+        .map(|(chunk, (grad, logits))| {
+            let first = chunk * LOSS_CHUNK;
+            grad.chunks_exact_mut(c)
+                .zip(logits.chunks_exact(c))
+                .enumerate()
+                .map(|(v, (grad, logits))| {
+                    softmax_cross_entropy(logits, channels, target(first + v), weight, grad)
+                })
+                .sum()
+        })
+        .collect();
+    parts.iter().sum()
 }
 
 /// One training step of `net` on `batch`. `workspace` hands buffers on from step to step;

@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use super::gradients::{Filing, LayerGradients, LinearGradients, update_running};
 use super::network::{BranchLayer, FullyConnected, conv_and_norm, pixelwise};
 use super::train::{
-    add_channel_sums, add_soft_dice, batch_statistics, dense_backward, moved_towards,
-    norm_gradients, normalise_and_relu, softmax_cross_entropy, sum_in_order,
+    Workspace, add_channel_sums, add_soft_dice, batch_statistics, dense_backward, moved_towards,
+    norm_gradients, normalise_and_relu, pixels_cross_entropy, sum_in_order,
 };
 use super::unet::{UpConv, max_pool, pad_by_one};
 use crate::data::Crops;
@@ -64,7 +64,7 @@ impl UNetLayers {
 }
 
 /// What a step produces, in the structure of [`UNetLayers`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UNetStepOutput {
     pub loss: f64,
     pub encoder: Vec<[LayerGradients; 2]>,
@@ -138,6 +138,15 @@ impl BlockSaved {
     fn output(&self) -> &[f32] {
         &self.layers[1].output
     }
+
+    /// Hands the block's buffers on to the next step once its gradients are computed.
+    fn recycle(self, workspace: &Workspace) {
+        workspace.keep(self.input);
+        for layer in self.layers {
+            workspace.keep(layer.normalised);
+            workspace.keep(layer.output);
+        }
+    }
 }
 
 /// The ReLU's gradient from its output: `d = 0` where the output is 0.
@@ -151,12 +160,19 @@ fn relu_backward(d: &mut [f32], outputs: &[f32]) {
 
 /// One 3x3 convolution (zero padding), batch norm with the batch's statistics, ReLU, over
 /// `n` images `h x w`.
-fn layer_forward(layer: &BranchLayer, x: &[f32], n: usize, h: usize, w: usize) -> Saved {
+fn layer_forward(
+    layer: &BranchLayer,
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    workspace: &Workspace,
+) -> Saved {
     let (ci, co) = (layer.conv.ci, layer.conv.co);
     let (in_size, out_size) = (h * w * ci, h * w * co);
     assert_eq!(x.len(), n * in_size, "a layer's input, n x h x w x ci");
     let conv = PreparedConv::new(layer.conv.clone());
-    let mut z = vec![0f32; n * out_size];
+    let mut z = workspace.overwritten(n * out_size);
     // Each image's batch-norm sums are taken while its output is still in cache.
     let parts = z
         .par_chunks_mut(out_size)
@@ -173,7 +189,7 @@ fn layer_forward(layer: &BranchLayer, x: &[f32], n: usize, h: usize, w: usize) -
         )
         .collect();
     let (mean, var, inv_std) = batch_statistics(parts, (n * h * w) as f64, layer.epsilon);
-    let mut output = vec![0f32; z.len()];
+    let mut output = workspace.overwritten(z.len());
     z.par_chunks_mut(co * CHUNK_PIXELS)
         .zip(output.par_chunks_mut(co * CHUNK_PIXELS))
         .for_each(|(zs, os)| {
@@ -194,9 +210,10 @@ fn block_forward(
     n: usize,
     h: usize,
     w: usize,
+    workspace: &Workspace,
 ) -> BlockSaved {
-    let first = layer_forward(&block[0], &input, n, h, w);
-    let second = layer_forward(&block[1], &first.output, n, h, w);
+    let first = layer_forward(&block[0], &input, n, h, w, workspace);
+    let second = layer_forward(&block[1], &first.output, n, h, w, workspace);
     BlockSaved {
         input,
         layers: [first, second],
@@ -324,8 +341,8 @@ fn block_backward(
 }
 
 /// 2x2 max pooling of `n` images `h x w x c`.
-fn pool_all(x: &[f32], n: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len() / 4];
+fn pool_all(x: &[f32], n: usize, h: usize, w: usize, c: usize, workspace: &Workspace) -> Vec<f32> {
+    let mut out = workspace.overwritten(x.len() / 4);
     out.par_chunks_mut(h * w * c / 4)
         .zip(x.par_chunks(h * w * c))
         .for_each(|(out, image)| out.copy_from_slice(&max_pool(image, h, w, c)));
@@ -372,11 +389,18 @@ fn pool_backward(
 
 /// The transposed convolution of `n` images `h x w` and their concatenation with the skip
 /// connection's images (`2h x 2w x cs`): the up-sampled features first, as burn's `cat`.
-fn up_and_join(up: &UpConv, below: &[f32], skip: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
+fn up_and_join(
+    up: &UpConv,
+    below: &[f32],
+    skip: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+    workspace: &Workspace,
+) -> Vec<f32> {
     let pixels = 4 * h * w;
     let cs = skip.len() / (n * pixels);
     let joined_c = up.co + cs;
-    let mut joined = vec![0f32; n * pixels * joined_c];
+    let mut joined = workspace.overwritten(n * pixels * joined_c);
     joined
         .par_chunks_mut(pixels * joined_c)
         .zip(below.par_chunks(h * w * up.ci))
@@ -513,50 +537,30 @@ fn crop_loss(
         };
         let rows = run.start * per_crop..run.end * per_crop;
         let weight = (share / rows.len() as f64) as f32;
-        for v in rows.clone() {
-            loss += softmax_cross_entropy(
-                &logits[v * c..][..c],
-                channels,
-                crops.targets[v] as usize,
-                weight,
-                &mut d_logits[v * c..][..c],
-            );
-        }
-        loss += add_soft_dice(
-            &logits[rows.start * c..rows.end * c],
-            c,
-            &crops.targets[rows.clone()],
-            channels,
-            &dice,
-            share,
-            &mut d_logits[rows.start * c..rows.end * c],
-        );
+        let (logits, targets) = (&logits[rows.start * c..rows.end * c], &crops.targets[rows]);
+        let grad = &mut d_logits[run.start * per_crop * c..run.end * per_crop * c];
+        loss += pixels_cross_entropy(logits, c, channels, |v| targets[v] as usize, weight, grad);
+        loss += add_soft_dice(logits, c, targets, channels, &dice, share, grad);
     }
     let mut d_task = Vec::new();
     if let Some((task_logits, tc)) = task_logits {
         let channels: Vec<usize> = (0..tc).collect();
         let weight = (config.task_loss_weight / pixels as f64) as f32;
         d_task = vec![0f32; pixels * tc];
-        for v in 0..pixels {
-            loss += softmax_cross_entropy(
-                &task_logits[v * tc..][..tc],
-                &channels,
-                crops.tasks[v / per_crop],
-                weight,
-                &mut d_task[v * tc..][..tc],
-            );
-        }
+        let task = |v: usize| crops.tasks[v / per_crop];
+        loss += pixels_cross_entropy(task_logits, tc, &channels, task, weight, &mut d_task);
     }
     (loss, d_logits, d_task)
 }
 
 /// One training step of `net` on `crops`: the loss, every parameter's gradient and the new
-/// running statistics.
+/// running statistics. `workspace` hands the saved activations' buffers on from step to step.
 pub fn unet_train_step(
     net: &UNetLayers,
     crops: &Crops,
     layout: &OutputLayout,
     config: &TrainConfig,
+    workspace: &Workspace,
 ) -> UNetStepOutput {
     let threads = rayon::current_num_threads();
     let (n, side) = (crops.count, crops.side);
@@ -588,17 +592,25 @@ pub fn unet_train_step(
                     above.h,
                     above.w,
                     above.layers[1].inv_std.len(),
+                    workspace,
                 )
             }
         };
-        encoder.push(block_forward(block, input, n, h, w));
+        encoder.push(block_forward(block, input, n, h, w, workspace));
     }
     let mut decoder: Vec<BlockSaved> = Vec::with_capacity(levels - 1);
     for (i, (up, block)) in net.up.iter().zip(&net.decoder).enumerate() {
         let below = decoder.last().unwrap_or(&encoder[levels - 1]);
         let skip = &encoder[levels - 2 - i];
-        let joined = up_and_join(up, below.output(), skip.output(), n, below.h, below.w);
-        decoder.push(block_forward(block, joined, n, skip.h, skip.w));
+        let joined = up_and_join(
+            up,
+            below.output(),
+            skip.output(),
+            n,
+            (below.h, below.w),
+            workspace,
+        );
+        decoder.push(block_forward(block, joined, n, skip.h, skip.w, workspace));
     }
     let features = decoder.last().unwrap_or(&encoder[levels - 1]).output();
     let logits = net.classes.forward(features, pixels, threads);
@@ -645,6 +657,7 @@ pub fn unet_train_step(
         up_gradients.push(g_up);
         skip_gradients[levels - 2 - i] = Some(d_skip);
         d = d_below;
+        saved.recycle(workspace);
     }
     let mut encoder_gradients = Vec::with_capacity(levels);
     while let Some(saved) = encoder.pop() {
@@ -666,6 +679,7 @@ pub fn unet_train_step(
             ),
             None => Vec::new(),
         };
+        saved.recycle(workspace);
     }
     encoder_gradients.reverse();
     decoder_gradients.reverse();
@@ -773,7 +787,8 @@ mod tests {
     #[test]
     fn gradients_and_running_statistics_match_burn_autodiff() {
         // Width 8 at three levels: the direct kernel and Winograd's transform (8 to 32
-        // channels); width 5 at two: the matrix-product path. Both output modes.
+        // channels); width 5 at two: partial vectors with AVX-512, else the matrix-product
+        // path. Both output modes.
         for (levels, width, mode, side) in [
             (3, 8, OutputMode::PerTask, 16),
             (2, 5, OutputMode::Union, 12),
@@ -789,7 +804,13 @@ mod tests {
             perturbed(&mut net, &device);
             let crops = crops(&m, side);
 
-            let ours = unet_train_step(&UNetLayers::from_burn(&net), &crops, &m.layout, &config);
+            let ours = unet_train_step(
+                &UNetLayers::from_burn(&net),
+                &crops,
+                &m.layout,
+                &config,
+                &Workspace::default(),
+            );
             let shape = [crops.count, INPUT_CHANNELS, side, side];
             let images =
                 Tensor::<4>::from_data(TensorData::new(crops.images.clone(), shape), &device);
@@ -856,5 +877,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A workspace handed on from a step of another network (its buffers full of that
+    /// step's values) gives the same step, bit for bit, as a fresh one.
+    #[test]
+    fn a_reused_workspace_gives_the_same_step() {
+        let network = UNetConfig::new().with_levels(3).with_width(8);
+        let m = two_task_meta(network.clone(), &[(0, "a1", 1), (0, "a2", 2), (1, "b", 1)]);
+        let config = TrainConfig::new();
+        let device = Device::flex();
+        let [net, other] = [0; 2]
+            .map(|_| UNetLayers::from_burn(&UNet::new(&network, m.layout.channels(), 2, &device)));
+        let crops = crops(&m, 16);
+        let step = |net: &UNetLayers, workspace: &Workspace| {
+            unet_train_step(net, &crops, &m.layout, &config, workspace)
+        };
+        let used = Workspace::default();
+        step(&other, &used);
+        let again = step(&net, &used);
+        let fresh = step(&net, &Workspace::default());
+        assert_eq!(again, fresh);
+        assert_ne!(again, step(&other, &used), "the two networks differ");
     }
 }
