@@ -12,7 +12,8 @@ the whole scan, at snapshots of their weights taken during training.
   the budget) and a snapshot of the weights after every epoch. Fold `all`: every training
   case. Predictions: `nnUNetv2_predict -chk snapshot_NNNN.pth -device cpu` (its default test
   time mirroring included).
-- mtseg: `mtseg train --config bench/nnunet_hippocampus.toml` (the built-in model's U-Net and
+- mtseg: `mtseg train --config bench/nnunet_hippocampus_60min.toml` (the hour;
+  nnunet_hippocampus.toml: the same for 30 minutes) (the built-in model's U-Net and
   training settings on 64^2 crops, 16 per batch); `checkpoint.mtseg` is copied whenever it
   changes. Predictions: `mtseg segment --model SNAPSHOT` on the test folder.
 
@@ -251,7 +252,7 @@ def main():
         if name in ["mtseg", "evaluate"]:
             p.add_argument("--mtseg", default="target/release/mtseg")
         if name == "mtseg":
-            p.add_argument("--config", type=pathlib.Path, default=HERE / "nnunet_hippocampus.toml")
+            p.add_argument("--config", type=pathlib.Path, default=HERE / "nnunet_hippocampus_60min.toml")
             p.add_argument("--minutes", type=float, default=60.0, help="the budget: training stops here at the latest")
         if name == "evaluate":
             p.add_argument("--every", type=int, default=4, help="score every N-th snapshot and the last")

@@ -442,13 +442,15 @@ mod last_vector {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    pub unsafe fn load256(at: *const f32, _lanes: u16) -> __m256 {
+    pub unsafe fn load256(at: *const f32, lanes: u16) -> __m256 {
+        debug_assert_eq!(lanes, 0xFF, "AVX2 runs whole vectors only");
         unsafe { _mm256_loadu_ps(at) }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    pub unsafe fn store256(at: *mut f32, _lanes: u16, value: __m256) {
+    pub unsafe fn store256(at: *mut f32, lanes: u16, value: __m256) {
+        debug_assert_eq!(lanes, 0xFF, "AVX2 runs whole vectors only");
         unsafe { _mm256_storeu_ps(at, value) }
     }
 }
@@ -525,8 +527,10 @@ mod tests {
                 (20, 40, 4, 11),
                 (3, 5, 4, 9),
                 (7, 50, 3, 8),
-                // 13 rows of four vectors: blocks of six, four, two and one.
-                (3, 64, 3, 15),
+                // 15 rows of three vectors (AVX-512): blocks of eight, four, two and one.
+                (3, 48, 3, 17),
+                // A masked vector after a chunk of four whole ones.
+                (3, 100, 3, 9),
             ] {
                 if !isa.supports(co) {
                     continue;
@@ -566,6 +570,8 @@ mod tests {
                 (3, 24, 40, 41),
                 (5, 20, 9, 12),
                 (20, 40, 6, 7),
+                // Transposed: several runs of pixels, 72 taps (two chunks of columns).
+                (24, 20, 40, 41),
             ] {
                 if !isa.supports(co) {
                     continue;

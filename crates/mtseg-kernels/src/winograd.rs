@@ -16,9 +16,9 @@ use rayon::prelude::*;
 use super::conv::{Conv3x3, forward_image};
 use super::direct::{self, Isa};
 
-/// Channels per step of the transforms: one AVX2 vector, one AVX-512 vector where the
-/// channels are a multiple of 16, or four where they are not a multiple of 8 (the U-Net's
-/// 20 channels).
+/// Channels per step of the transforms: 16 (one AVX-512 vector) while as many remain, then 8
+/// (one AVX2 vector), then 4 (the rest of the U-Net's 20 channels); channel counts are
+/// multiples of 4.
 const LANES: usize = 8;
 const WIDE_LANES: usize = 16;
 const NARROW_LANES: usize = 4;
@@ -497,7 +497,7 @@ mod tests {
             (40, 40, 6, 8),
             (16, 8, 9, 5),
             (16, 32, 6, TILES * 2 + 5),
-            // Four channels a step (AVX-512): the U-Net's 20 and 40.
+            // Steps of four channels: the U-Net's 20 and 40 (20 outputs: AVX-512 only).
             (20, 20, 7, 10),
             (40, 20, 6, 9),
             (20, 40, 5, 12),

@@ -100,6 +100,12 @@ impl Workspace {
         }
     }
 
+    /// How many buffers are kept.
+    #[cfg(test)]
+    pub(super) fn kept(&self) -> usize {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Keeps `buffer` for a later [`Workspace::overwritten`].
     pub(super) fn keep(&self, buffer: Vec<f32>) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
@@ -986,5 +992,78 @@ mod tests {
         for i in 0..len {
             assert_eq!(d[i], 1.5 * mask[i] * elu_derivative_from_output(a[i]));
         }
+    }
+
+    /// The loss over more pixels than one chunk: the same bits on one thread and on three,
+    /// and the values (and a gradient) of the formulas written out pixel by pixel.
+    #[test]
+    fn the_loss_in_chunks_is_the_loss_pixel_by_pixel_on_any_threads() {
+        let (pixels, c) = (2 * LOSS_CHUNK + 777, 4);
+        let channels = [0, 2, 3];
+        let logits: Vec<f32> = (0..pixels * c)
+            .map(|i| ((i * 29 % 61) as f32 - 30.0) / 11.0)
+            .collect();
+        let targets: Vec<i64> = (0..pixels).map(|v| ((v * 7 / 5) % 3) as i64).collect();
+        let loss = |logits: &[f32]| {
+            let mut grad = vec![0f32; pixels * c];
+            let target = |v: usize| targets[v] as usize;
+            let ce = pixels_cross_entropy(logits, c, &channels, target, 0.5, &mut grad);
+            let dice = add_soft_dice(logits, c, &targets, &channels, &[1, 2], 0.7, &mut grad);
+            (ce, dice, grad)
+        };
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+            pool.expect("a thread pool").install(|| loss(&logits))
+        };
+        let one = on(1);
+        assert_eq!(one, on(3), "the loss depends on the threads");
+
+        // Pixel by pixel, in f64.
+        let softmax = |v: usize| -> Vec<f64> {
+            let e: Vec<f64> = channels
+                .iter()
+                .map(|&ch| (logits[v * c + ch] as f64).exp())
+                .collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / sum).collect()
+        };
+        let ce: f64 = (0..pixels)
+            .map(|v| -0.5 * softmax(v)[targets[v] as usize].ln())
+            .sum();
+        let mean_dice = [1, 2]
+            .iter()
+            .map(|&q| {
+                let (mut overlap, mut size) = (0.0, 0.0);
+                for (v, &target) in targets.iter().enumerate() {
+                    let (p, hit) = (softmax(v)[q], (target as usize == q) as u8 as f64);
+                    overlap += p * hit;
+                    size += p + hit;
+                }
+                (2.0 * overlap + 1.0) / (size + 1.0)
+            })
+            .sum::<f64>()
+            / 2.0;
+        assert!(
+            (one.0 - ce).abs() < 1e-6 * ce,
+            "cross-entropy {} vs {ce}",
+            one.0
+        );
+        let dice = 0.7 * (1.0 - mean_dice);
+        assert!((one.1 - dice).abs() < 1e-7, "Dice term {} vs {dice}", one.1);
+        // The gradient of a logit in the last chunk, against a central difference.
+        let i = (pixels - 5) * c + 2;
+        let total = |x: f32| {
+            let mut moved = logits.clone();
+            moved[i] = x;
+            let (ce, dice, _) = loss(&moved);
+            ce + dice
+        };
+        let eps = 1e-2;
+        let numeric = (total(logits[i] + eps) - total(logits[i] - eps)) / (2.0 * eps as f64);
+        assert!(
+            (numeric - one.2[i] as f64).abs() < 1e-4,
+            "gradient {} vs {numeric}",
+            one.2[i]
+        );
     }
 }

@@ -572,11 +572,14 @@ pub fn unet_train_step(
         "crops of {side} pixels do not halve {} times",
         levels - 1
     );
-    let mut images: Vec<f32> = crops
-        .images
-        .chunks_exact(INPUT_CHANNELS * plane)
-        .flat_map(|stack| channels_last(stack, INPUT_CHANNELS, plane))
-        .collect();
+    // From the workspace too: the first block's input goes back there with the block's
+    // buffers.
+    let stack = INPUT_CHANNELS * plane;
+    let mut images = workspace.overwritten(n * stack);
+    images
+        .par_chunks_mut(stack)
+        .zip(crops.images.par_chunks(stack))
+        .for_each(|(out, crop)| channels_last(crop, plane, out));
 
     // Forward: the encoder, full resolution first, then the decoder from the deepest level up.
     let mut encoder: Vec<BlockSaved> = Vec::with_capacity(levels);
@@ -694,16 +697,16 @@ pub fn unet_train_step(
     }
 }
 
-/// `channels x pixels` to `pixels x channels`: the crops come as burn's autodiff step takes
-/// them, the kernels compute pixels first.
-fn channels_last(x: &[f32], channels: usize, pixels: usize) -> Vec<f32> {
-    let mut out = vec![0f32; channels * pixels];
-    for (c, plane) in x.chunks(pixels).enumerate() {
+/// `channels x pixels` to `pixels x channels` into `out` (every value written): the crops
+/// come as burn's autodiff step takes them, the kernels compute pixels first.
+fn channels_last(x: &[f32], pixels: usize, out: &mut [f32]) {
+    let channels = x.len() / pixels;
+    assert_eq!(out.len(), x.len(), "channels_last: sizes differ");
+    for (c, plane) in x.chunks_exact(pixels).enumerate() {
         for (p, v) in plane.iter().enumerate() {
             out[p * channels + c] = *v;
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -895,9 +898,12 @@ mod tests {
         };
         let used = Workspace::default();
         step(&other, &used);
+        let kept = used.kept();
         let again = step(&net, &used);
         let fresh = step(&net, &Workspace::default());
         assert_eq!(again, fresh);
         assert_ne!(again, step(&other, &used), "the two networks differ");
+        // Every buffer a step keeps is taken again by the next: the workspace does not grow.
+        assert_eq!(used.kept(), kept, "the workspace grew from step to step");
     }
 }
