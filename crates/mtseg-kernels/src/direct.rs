@@ -207,40 +207,28 @@ pub fn add_weight_gradient(
             let x_run = x[(dy * w + t0) * ci..].as_ptr();
             let dz_run = dz[t0 * co..].as_ptr();
             let steps = STEPS.min(m - t0);
-            let panel = if transposed {
+            // The transposed product swaps the operands' roles and writes dW_dy^T to `dwt`.
+            let (a, b, a_step, b_step, rows, columns, out) = if transposed {
                 let dwt_dy = dwt[dy * co * taps..].as_mut_ptr();
-                Panel {
-                    a: [dz_run; 3],
-                    b: [x_run; 3],
-                    segments: 1,
-                    a_row: 1,
-                    a_step: co,
-                    b_step: ci,
-                    steps,
-                    rows: co,
-                    columns: taps,
-                    init: dwt_dy,
-                    init_row: taps,
-                    out: dwt_dy,
-                    out_row: taps,
-                }
+                (dz_run, x_run, co, ci, co, taps, dwt_dy)
             } else {
                 let dw_dy = dw[dy * taps * co..].as_mut_ptr();
-                Panel {
-                    a: [x_run; 3],
-                    b: [dz_run; 3],
-                    segments: 1,
-                    a_row: 1,
-                    a_step: ci,
-                    b_step: co,
-                    steps,
-                    rows: taps,
-                    columns: co,
-                    init: dw_dy,
-                    init_row: co,
-                    out: dw_dy,
-                    out_row: co,
-                }
+                (x_run, dz_run, ci, co, taps, co, dw_dy)
+            };
+            let panel = Panel {
+                a: [a; 3],
+                b: [b; 3],
+                segments: 1,
+                a_row: 1,
+                a_step,
+                b_step,
+                steps,
+                rows,
+                columns,
+                init: out,
+                init_row: columns,
+                out,
+                out_row: columns,
             };
             // SAFETY: the largest input index is dy w ci + 3 ci - 1 + (m - 1) ci
             // < (m + 2 w + 2) ci, the largest dz index m co - 1, the largest dw (and dwt)

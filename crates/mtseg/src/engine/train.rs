@@ -860,16 +860,8 @@ pub fn train_step(
         let channels: Vec<usize> = (0..tc).collect();
         let mut d_task = vec![0f32; voxels * tc];
         let w = config.task_loss_weight as f32 / voxels as f32;
-        for v in 0..voxels {
-            let target = batch.tasks[v / per_cube];
-            loss += softmax_cross_entropy(
-                &task_logits[v * tc..][..tc],
-                &channels,
-                target,
-                w,
-                &mut d_task[v * tc..][..tc],
-            );
-        }
+        let target = |v: usize| batch.tasks[v / per_cube];
+        loss += pixels_cross_entropy(&task_logits, tc, &channels, target, w, &mut d_task);
         let (task, d) = linear_backward(task_layer, &d2, &d_task, voxels, threads);
         d_d2.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         Some(task)
